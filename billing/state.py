@@ -150,7 +150,9 @@ class Changes:
     sessions: dict[str, Session] = field(default_factory=dict)
     ended_sessions: dict[str, int] = field(default_factory=dict)  # session_id -> vshard
     journal: list[JournalEntry] = field(default_factory=list)
-    answers: dict[str, tuple[int, CreditControlAnswer]] = field(default_factory=dict)  # key -> (vshard, answer)
+    answers: dict[str, tuple[int, CreditControlAnswer]] = field(
+        default_factory=dict
+    )  # key -> (vshard, answer)
 
     def is_empty(self) -> bool:
         return not (
@@ -173,7 +175,9 @@ class ShardState:
     buckets: dict[str, Bucket] = field(default_factory=dict)
     buckets_by_account: dict[str, list[str]] = field(default_factory=dict)
     sessions: dict[str, Session] = field(default_factory=dict)
-    answers: dict[str, CreditControlAnswer] = field(default_factory=dict)  # idempotency key -> answer
+    answers: dict[str, CreditControlAnswer] = field(
+        default_factory=dict
+    )  # idempotency key -> answer
     pending: Changes = field(default_factory=Changes)
 
     def take_changes(self) -> Changes:
