@@ -168,6 +168,7 @@ class ServiceGrant:
     quota_threshold: int | None = None  # in the granted unit kind: ask again below this
     cost_micros: int = 0  # what this entry's reported usage cost
     error_message: str = ""
+    uncharged_micros: int = 0  # reported usage that a capped (prepaid) balance could not cover
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,3 +193,15 @@ class BalanceCommand:
     idempotency_key: str
     reason: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceResult:
+    """The outcome of a :class:`BalanceCommand`; a repeated key returns this same value."""
+
+    idempotency_key: str
+    kind: str
+    subscriber_id: str
+    account_id: str
+    amount_micros: int  # signed effect on the balance
+    balance_after_micros: int

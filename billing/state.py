@@ -15,11 +15,12 @@ Invariants kept here and checked by :func:`billing.ledger.audit`:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from billing.protocol import CreditControlAnswer, PaymentMode, ServiceKind
+from billing.protocol import BalanceResult, CreditControlAnswer, PaymentMode, ServiceKind
 
 
 @dataclass(slots=True)
@@ -85,6 +86,8 @@ class Reservation:
     money_micros: int
     bucket_units: dict[str, int]
     expires_at: datetime  # end of validity time
+    granted_at: datetime | None = None  # start of the usage window the grant covers
+    tariff_switch_at: datetime | None = None  # tariff switch inside the window, if any
 
 
 @dataclass(slots=True)
@@ -153,10 +156,12 @@ class Changes:
     answers: dict[str, tuple[int, CreditControlAnswer]] = field(
         default_factory=dict
     )  # key -> (vshard, answer)
+    balance_results: dict[str, tuple[int, BalanceResult]] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         return not (
-            self.accounts
+            self.balance_results
+            or self.accounts
             or self.buckets
             or self.subscribers
             or self.sessions
@@ -179,6 +184,9 @@ class ShardState:
         default_factory=dict
     )  # idempotency key -> answer
     pending: Changes = field(default_factory=Changes)
+    # (time answered, idempotency key) in answer order, for prune_answers' retention horizon.
+    answer_log: deque[tuple[datetime, str]] = field(default_factory=deque)
+    balance_results: dict[str, BalanceResult] = field(default_factory=dict)  # key -> result
 
     def take_changes(self) -> Changes:
         """Hand over what changed since the last call, and start a new record."""
