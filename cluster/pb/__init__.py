@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf code for proto/billing/v1 (scripts/gen_protos.py)."""
