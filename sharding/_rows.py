@@ -1,0 +1,292 @@
+"""How each domain record maps onto its table's columns, both ways.
+
+Each table is described once (:class:`Table`): its columns with their PostgreSQL types, and the
+conversion of a record to a row and back. Writes are column-wise ``unnest`` of arrays (one
+statement for a whole batch); reads turn rows back into records equal (``==``) to the ones
+written. A dataclass field that has no column yet (added to ``billing.state`` after the
+migration) is kept in the row's ``extra`` jsonb, so nothing a record holds is ever dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from billing.protocol import BalanceResult, CreditControlAnswer, PaymentMode, ServiceKind
+from billing.state import Account, Bucket, EntryKind, JournalEntry, Reservation, Session, Subscriber
+from sharding._codec import CodecError, decoder, encode_json, encoder
+
+__all__ = [
+    "ACCOUNTS",
+    "BUCKETS",
+    "JOURNAL",
+    "SESSIONS",
+    "SUBSCRIBERS",
+    "Table",
+    "decode_answer",
+    "decode_balance_result",
+    "encode_answer",
+    "encode_balance_result",
+]
+
+Row = tuple[Any, ...]
+_RESERVATIONS = dict[int, Reservation]
+_enc_reservations = encoder(_RESERVATIONS)
+_dec_reservations = decoder(_RESERVATIONS)
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _aware(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None:
+        raise CodecError(f"{what} must be timezone-aware (UTC), got naive {value!r}")
+    return value
+
+
+def encode_answer(answer: CreditControlAnswer) -> str:
+    """Compact JSON of an answer (defaults left out, enums as values)."""
+    return encode_json(CreditControlAnswer, answer)
+
+
+_dec_answer = decoder(CreditControlAnswer)
+
+
+def decode_answer(text: str) -> CreditControlAnswer:
+    """The answer :func:`encode_answer` wrote, identical to the original."""
+    value: CreditControlAnswer = _dec_answer(json.loads(text))
+    return value
+
+
+def encode_balance_result(result: BalanceResult) -> str:
+    """Compact JSON of a back-office balance result."""
+    return encode_json(BalanceResult, result)
+
+
+_dec_balance_result = decoder(BalanceResult)
+
+
+def decode_balance_result(text: str) -> BalanceResult:
+    """The result :func:`encode_balance_result` wrote, identical to the original."""
+    value: BalanceResult = _dec_balance_result(json.loads(text))
+    return value
+
+
+@cache
+def _extra_fields(cls: type, columns: frozenset[str]) -> tuple[tuple[str, Any, Any], ...]:
+    """Fields of ``cls`` without a column: (name, encoder, decoder), kept in ``extra``."""
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        (f.name, encoder(hints[f.name]), decoder(hints[f.name]))
+        for f in dataclasses.fields(cls)
+        if f.name not in columns
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One subscriber-owned table: columns (name, pg type) in order, key, record <-> row."""
+
+    name: str
+    record: type
+    columns: tuple[tuple[str, str], ...]  # the last one is always ("extra", "jsonb")
+    key: tuple[str, ...]
+    to_row: Callable[[Any], Row]
+    from_row: Callable[[Row], Any]
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c for c, _ in self.columns)
+
+    def extra_fields(self) -> tuple[tuple[str, Any, Any], ...]:
+        mapped = frozenset(self.column_names) - {"extra"}
+        return _extra_fields(self.record, mapped)
+
+    def encode_extra(self, record: Any) -> str | None:
+        fields = self.extra_fields()
+        if not fields:
+            return None
+        return _json({name: enc(getattr(record, name)) for name, enc, _ in fields})
+
+    def decode_extra(self, text: Any) -> dict[str, Any]:
+        if text is None:
+            return {}
+        data = json.loads(text) if isinstance(text, str | bytes) else text
+        decs = {name: dec for name, _, dec in self.extra_fields()}
+        return {k: decs[k](v) for k, v in data.items() if k in decs}
+
+    def insert_sql(self, *, upsert: bool) -> str:
+        """``INSERT ... SELECT FROM unnest(arrays)``: one statement for a whole batch.
+
+        jsonb and array columns travel as text[] of JSON and are converted per row.
+        """
+        names = self.column_names
+        params = ", ".join(f"%s::{_array_param_type(t)}" for _, t in self.columns)
+        selects = ", ".join(_select_expr(c, t) for c, t in self.columns)
+        sql = (
+            f"INSERT INTO {self.name} ({', '.join(names)}) "
+            f"SELECT {selects} FROM unnest({params}) AS t({', '.join(names)})"
+        )
+        if upsert:
+            updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c not in self.key)
+            sql += f" ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {updates}"
+        return sql
+
+    def select_sql(self) -> str:
+        return f"SELECT {', '.join(self.column_names)} FROM {self.name} WHERE vshard = ANY(%s)"
+
+    def columns_of(self, records: Sequence[Any]) -> list[list[Any]]:
+        """The batch as one list per column (what ``unnest`` takes)."""
+        rows = [self.to_row(r) for r in records]
+        return [list(col) for col in zip(*rows, strict=True)]
+
+
+def _array_param_type(pg_type: str) -> str:
+    if pg_type in ("jsonb", "text[]", "integer[]"):
+        return "text[]"
+    return f"{pg_type}[]"
+
+
+def _select_expr(column: str, pg_type: str) -> str:
+    if pg_type == "jsonb":
+        return f"t.{column}::jsonb"
+    if pg_type == "text[]":
+        return f"ARRAY(SELECT jsonb_array_elements_text(t.{column}::jsonb))"
+    if pg_type == "integer[]":
+        return f"ARRAY(SELECT jsonb_array_elements_text(t.{column}::jsonb)::integer)"
+    return f"t.{column}"
+
+
+def _make_tables() -> dict[str, Table]:
+    tables: dict[str, Table] = {}
+
+    def extra_of(name: str) -> Callable[[Any], Any]:
+        return lambda r: tables[name].encode_extra(r)
+
+    def build(
+        name: str,
+        record: type,
+        columns: tuple[tuple[str, str], ...],
+        key: tuple[str, ...],
+        to_row: Callable[[Any], Row],
+        from_row: Callable[[Row], Any],
+    ) -> None:
+        tables[name] = Table(name, record, (*columns, ("extra", "jsonb")), key, to_row, from_row)
+
+    sub_extra = extra_of("subscribers")
+    build(
+        "subscribers",
+        Subscriber,
+        (("vshard", "integer"), ("subscriber_id", "text"), ("account_id", "text"),
+         ("account_vshard", "integer"), ("plan_id", "text"), ("created_at", "timestamptz")),
+        ("vshard", "subscriber_id"),
+        lambda s: (s.vshard, s.subscriber_id, s.account_id, s.account_vshard, s.plan_id,
+                   _aware(s.created_at, "subscriber.created_at"), sub_extra(s)),
+        lambda r: Subscriber(
+            subscriber_id=r[1], vshard=r[0], account_id=r[2], account_vshard=r[3], plan_id=r[4],
+            created_at=r[5], **tables["subscribers"].decode_extra(r[6]),
+        ),
+    )  # fmt: skip
+
+    acc_extra = extra_of("accounts")
+    build(
+        "accounts",
+        Account,
+        (("vshard", "integer"), ("account_id", "text"), ("payment_mode", "text"),
+         ("currency", "text"), ("plan_id", "text"), ("balance_micros", "bigint"),
+         ("credit_limit_micros", "bigint"), ("reserved_micros", "bigint"),
+         ("created_at", "timestamptz"), ("usage_counters", "jsonb")),
+        ("vshard", "account_id"),
+        lambda a: (a.vshard, a.account_id, a.payment_mode.value, a.currency, a.plan_id,
+                   a.balance_micros, a.credit_limit_micros, a.reserved_micros,
+                   _aware(a.created_at, "account.created_at"), _json(a.usage_counters),
+                   acc_extra(a)),
+        lambda r: Account(
+            account_id=r[1], vshard=r[0], payment_mode=PaymentMode(r[2]), currency=r[3],
+            plan_id=r[4], balance_micros=r[5], credit_limit_micros=r[6], reserved_micros=r[7],
+            created_at=r[8], usage_counters=dict(r[9]),
+            **tables["accounts"].decode_extra(r[10]),
+        ),
+    )  # fmt: skip
+
+    bkt_extra = extra_of("buckets")
+    build(
+        "buckets",
+        Bucket,
+        (("vshard", "integer"), ("bucket_id", "text"), ("account_id", "text"),
+         ("bundle_id", "text"), ("service", "text"), ("destination_groups", "text[]"),
+         ("rating_groups", "integer[]"), ("units", "bigint"), ("reserved_units", "bigint"),
+         ("priority", "integer"), ("valid_from", "timestamptz"), ("expires_at", "timestamptz")),
+        ("vshard", "bucket_id"),
+        lambda b: (b.vshard, b.bucket_id, b.account_id, b.bundle_id, b.service.value,
+                   _json(list(b.destination_groups)), _json(list(b.rating_groups)), b.units,
+                   b.reserved_units, b.priority, _aware(b.valid_from, "bucket.valid_from"),
+                   b.expires_at and _aware(b.expires_at, "bucket.expires_at"), bkt_extra(b)),
+        lambda r: Bucket(
+            bucket_id=r[1], account_id=r[2], vshard=r[0], bundle_id=r[3],
+            service=ServiceKind(r[4]), destination_groups=tuple(r[5]),
+            rating_groups=tuple(r[6]), units=r[7], reserved_units=r[8], priority=r[9],
+            valid_from=r[10], expires_at=r[11], **tables["buckets"].decode_extra(r[12]),
+        ),
+    )  # fmt: skip
+
+    ses_extra = extra_of("sessions")
+    build(
+        "sessions",
+        Session,
+        (("vshard", "integer"), ("session_id", "text"), ("subscriber_id", "text"),
+         ("account_id", "text"), ("plan_id", "text"), ("destination", "text"),
+         ("visited_plmn", "text"), ("started_at", "timestamptz"),
+         ("last_seen_at", "timestamptz"), ("expires_at", "timestamptz"),
+         ("next_request_number", "integer"), ("reservations", "jsonb")),
+        ("vshard", "session_id"),
+        lambda s: (s.vshard, s.session_id, s.subscriber_id, s.account_id, s.plan_id,
+                   s.destination, s.visited_plmn, _aware(s.started_at, "session.started_at"),
+                   _aware(s.last_seen_at, "session.last_seen_at"),
+                   _aware(s.expires_at, "session.expires_at"), s.next_request_number,
+                   _json(_enc_reservations(s.reservations)), ses_extra(s)),
+        lambda r: Session(
+            session_id=r[1], vshard=r[0], subscriber_id=r[2], account_id=r[3], plan_id=r[4],
+            destination=r[5], visited_plmn=r[6], started_at=r[7], last_seen_at=r[8],
+            expires_at=r[9], next_request_number=r[10],
+            reservations=_dec_reservations(r[11]), **tables["sessions"].decode_extra(r[12]),
+        ),
+    )  # fmt: skip
+
+    jnl_extra = extra_of("journal")
+    build(
+        "journal",
+        JournalEntry,
+        (("vshard", "integer"), ("idempotency_key", "text"), ("line", "integer"),
+         ("account_id", "text"), ("kind", "text"), ("amount_micros", "bigint"),
+         ("bucket_id", "text"), ("units", "bigint"), ("at", "timestamptz"),
+         ("session_id", "text"), ("request_number", "integer"), ("rating_group", "integer"),
+         ("record_id", "text"), ("note", "text")),
+        ("vshard", "idempotency_key", "line"),
+        lambda j: (j.vshard, j.idempotency_key, j.line, j.account_id, j.kind.value,
+                   j.amount_micros, j.bucket_id, j.units, _aware(j.at, "journal.at"),
+                   j.session_id, j.request_number, j.rating_group, j.record_id, j.note,
+                   jnl_extra(j)),
+        lambda r: JournalEntry(
+            vshard=r[0], account_id=r[3], idempotency_key=r[1], line=r[2],
+            kind=EntryKind(r[4]), amount_micros=r[5], bucket_id=r[6], units=r[7], at=r[8],
+            session_id=r[9], request_number=r[10], rating_group=r[11], record_id=r[12],
+            note=r[13], **tables["journal"].decode_extra(r[14]),
+        ),
+    )  # fmt: skip
+    return tables
+
+
+_TABLES = _make_tables()
+SUBSCRIBERS = _TABLES["subscribers"]
+ACCOUNTS = _TABLES["accounts"]
+BUCKETS = _TABLES["buckets"]
+SESSIONS = _TABLES["sessions"]
+JOURNAL = _TABLES["journal"]

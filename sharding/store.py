@@ -1,0 +1,551 @@
+"""PostgreSQL persistence for shard owners: fenced group commit, takeover and recovery loads.
+
+The contract (../team/PERSIST_API.md) in one paragraph: an owner calls :meth:`Store.take_over`
+for its vshards (bumping each vshard's epoch, which fences out any previous owner), then
+:meth:`Store.load` to rebuild their state, then :meth:`Store.commit` once per batch with the
+epochs it was given. A commit is ONE transaction: the epoch of every vshard it touches is checked
+(and held with ``FOR SHARE`` so a takeover waits for it), then the journal, upserts, deletes and
+answers are written, each as one statement for the whole batch. A stale epoch raises
+:class:`NotOwner` and writes nothing; any other failure raises :class:`StoreUnavailable` and
+nothing is acknowledged (DESIGN.md invariants 2, 3, 5). Only after ``commit`` returns may the
+owner send the batch's answers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from importlib import resources
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+
+from billing.state import Changes, ShardState
+from sharding._rows import (
+    ACCOUNTS,
+    BUCKETS,
+    JOURNAL,
+    SESSIONS,
+    SUBSCRIBERS,
+    decode_answer,
+    decode_balance_result,
+    encode_answer,
+    encode_balance_result,
+)
+
+__all__ = [
+    "DuplicateKey",
+    "NotOwner",
+    "ShardMapRecord",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+_MIGRATION_LOCK = 0x62696C6C  # pg_advisory_xact_lock key: "bill"
+_CONNECT_TIMEOUT_S = 5
+
+
+class StoreError(Exception):
+    """Base of everything the store raises."""
+
+
+class NotOwner(StoreError):
+    """The caller's epoch for ``vshard`` is stale (or the vshard has no lease): NOTHING written."""
+
+    def __init__(self, vshard: int, expected_epoch: int, actual_epoch: int | None) -> None:
+        super().__init__(
+            f"not the owner of vshard {vshard}: commit carried epoch {expected_epoch}, "
+            f"the lease holds {actual_epoch if actual_epoch is not None else 'no lease'}"
+        )
+        self.vshard = vshard
+        self.expected_epoch = expected_epoch
+        self.actual_epoch = actual_epoch
+
+
+class StoreUnavailable(StoreError):
+    """The database is unreachable or the transaction failed: NOTHING is acknowledged.
+
+    The owner must not send the batch's answers; it reloads its vshards (the database is the
+    truth) and the clients retry with the same idempotency keys. The pool reconnects by itself
+    when the server is back.
+    """
+
+
+class DuplicateKey(StoreUnavailable):
+    """The commit repeated an idempotency key already in the journal or answers: NOTHING written.
+
+    The database refused a second application of one key (invariant 3); the owner's memory was
+    behind the database and must be reloaded.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class ShardMapRecord:
+    """The shard map as stored: which owner holds each vshard, under a version."""
+
+    version: int
+    vshard_count: int
+    assignments: dict[int, str] = field(default_factory=dict)  # vshard -> owner name
+
+
+def _migrations() -> list[tuple[str, str]]:
+    """(version, sql) of every ``sharding/migrations/NNNN_*.sql``, in order."""
+    found = []
+    for entry in resources.files("sharding").joinpath("migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((entry.name.removesuffix(".sql"), entry.read_text()))
+    return sorted(found)
+
+
+@contextmanager
+def _translate(what: str) -> Iterator[None]:
+    """Turn driver errors into the store's: the caller learns *whether* anything was written."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except pg_errors.UniqueViolation as e:
+        diag = e.diag
+        raise DuplicateKey(
+            f"{what}: duplicate key in {diag.table_name} ({diag.message_detail}); "
+            "nothing was written"
+        ) from e
+    except psycopg_pool.PoolTimeout as e:
+        raise StoreUnavailable(f"{what}: no database connection ({e}); nothing was written") from e
+    except psycopg.Error as e:
+        raise StoreUnavailable(f"{what} failed: {type(e).__name__}: {e}".rstrip()) from e
+    except OSError as e:
+        raise StoreUnavailable(f"{what} failed: {e}") from e
+
+
+class Store:
+    """The persistence of shard owners on PostgreSQL (plain, or a Citus coordinator).
+
+    Keyword arguments: pool sizes; ``timeout_s`` is how long a call waits for a connection before
+    :class:`StoreUnavailable`; ``answer_horizon`` is how far back :meth:`load` reads answers
+    (idempotency for retries; older keys are still refused by the journal's unique key).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 4,
+        timeout_s: float = 10.0,
+        answer_horizon: timedelta = timedelta(days=1),
+    ) -> None:
+        if not 1 <= min_size <= max_size:
+            raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
+        self.dsn = dsn
+        self.answer_horizon = answer_horizon
+        self._citus = False
+        self._pool = psycopg_pool.AsyncConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout_s,
+            open=False,
+            check=psycopg_pool.AsyncConnectionPool.check_connection,
+            reconnect_timeout=24 * 3600.0,
+            kwargs={"options": "-c TimeZone=UTC", "connect_timeout": _CONNECT_TIMEOUT_S},
+            name="billing-store",
+        )
+
+    async def open(self) -> None:
+        """Open the pool (waits for ``min_size`` connections) and detect Citus."""
+        with _translate("opening the store"):
+            await self._pool.open(wait=True, timeout=self._pool.timeout)
+            async with self._pool.connection() as conn:
+                cur = await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'")
+                self._citus = await cur.fetchone() is not None
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def _tx(self, what: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        with _translate(what):
+            async with self._pool.connection() as conn, conn.transaction():
+                yield conn
+
+    # -- schema ----------------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        """Apply the migrations not yet applied, in order; return the versions applied now.
+
+        Idempotent, and safe for concurrent starters: a transaction-scoped advisory lock
+        serialises them, and each migration commits with its row in ``schema_migrations``.
+        """
+        applied_now: list[str] = []
+        for version, sql in _migrations():
+            async with self._tx(f"migration {version}") as conn:
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version text PRIMARY KEY,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                cur = await conn.execute(
+                    "SELECT 1 FROM schema_migrations WHERE version = %s", (version,)
+                )
+                if await cur.fetchone() is not None:
+                    continue
+                await conn.execute(sql.encode())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version) VALUES (%s)", (version,)
+                )
+                applied_now.append(version)
+        return applied_now
+
+    # -- ownership -------------------------------------------------------------------------
+
+    async def take_over(self, vshards: Sequence[int], owner: str) -> dict[int, int]:
+        """Bump the epoch of each vshard (creating its lease at epoch 1) and record ``owner``.
+
+        Returns vshard -> new epoch. The UPDATE waits for any in-flight commit holding the old
+        epoch (``FOR SHARE``), so once this returns no write of a previous owner can land.
+        """
+        if not owner:
+            raise ValueError("owner must be a non-empty name")
+        wanted = sorted(set(vshards))
+        async with self._tx("take_over") as conn:
+            cur = await conn.execute(
+                "INSERT INTO shard_leases (vshard, epoch, owner, updated_at)"
+                " SELECT v, 1, %s, now() FROM unnest(%s::integer[]) AS v"
+                " ON CONFLICT (vshard) DO UPDATE SET epoch = shard_leases.epoch + 1,"
+                " owner = EXCLUDED.owner, updated_at = EXCLUDED.updated_at"
+                " RETURNING vshard, epoch",
+                (owner, wanted),
+            )
+            return {int(v): int(e) for v, e in await cur.fetchall()}
+
+    async def leases(self, vshards: Sequence[int] | None = None) -> dict[int, tuple[int, str]]:
+        """vshard -> (epoch, owner) as stored (all leases when ``vshards`` is None)."""
+        async with self._tx("reading leases") as conn:
+            if vshards is None:
+                cur = await conn.execute("SELECT vshard, epoch, owner FROM shard_leases")
+            else:
+                cur = await conn.execute(
+                    "SELECT vshard, epoch, owner FROM shard_leases WHERE vshard = ANY(%s)",
+                    (list(vshards),),
+                )
+            return {int(v): (int(e), str(o)) for v, e, o in await cur.fetchall()}
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    async def load(self, vshards: Sequence[int], state: ShardState) -> None:
+        """Read the vshards' subscribers, accounts, buckets, open sessions (with reservations)
+        and recent answers into ``state`` (added to what it holds; ``pending`` untouched).
+
+        One REPEATABLE READ snapshot, so the parts are consistent with each other.
+        """
+        wanted = sorted(set(vshards))
+        loaded = ShardState()
+        async with self._tx("load") as conn:
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            await self._load(conn, wanted, loaded)
+        # Merge only once everything was read: a failed load leaves ``state`` as it was.
+        state.subscribers.update(loaded.subscribers)
+        state.accounts.update(loaded.accounts)
+        state.buckets.update(loaded.buckets)
+        state.buckets_by_account.update(loaded.buckets_by_account)
+        state.sessions.update(loaded.sessions)
+        state.answers.update(loaded.answers)
+        state.balance_results.update(loaded.balance_results)
+        if loaded.answer_log:
+            state.answer_log = deque(sorted([*state.answer_log, *loaded.answer_log]))
+
+    async def _load(
+        self, conn: psycopg.AsyncConnection[Any], wanted: list[int], state: ShardState
+    ) -> None:
+        async def rows(sql: str) -> list[tuple[Any, ...]]:
+            cur = conn.cursor()
+            await cur.execute(sql, (wanted,))
+            return await cur.fetchall()
+
+        for r in await rows(SUBSCRIBERS.select_sql()):
+            s = SUBSCRIBERS.from_row(r)
+            state.subscribers[s.subscriber_id] = s
+        for r in await rows(ACCOUNTS.select_sql()):
+            a = ACCOUNTS.from_row(r)
+            state.accounts[a.account_id] = a
+        for r in await rows(BUCKETS.select_sql() + " ORDER BY vshard, account_id, bucket_id"):
+            b = BUCKETS.from_row(r)
+            state.buckets[b.bucket_id] = b
+            state.buckets_by_account.setdefault(b.account_id, []).append(b.bucket_id)
+        for r in await rows(SESSIONS.select_sql()):
+            s2 = SESSIONS.from_row(r)
+            state.sessions[s2.session_id] = s2
+        cur = conn.cursor()
+        await cur.execute(
+            "SELECT idempotency_key, kind, answer, committed_at FROM answers"
+            " WHERE vshard = ANY(%s) AND committed_at >= now() - %s"
+            " ORDER BY committed_at, idempotency_key",
+            (wanted, self.answer_horizon),
+        )
+        for key, kind, text, committed_at in await cur.fetchall():
+            if kind == "cc":
+                state.answers[key] = decode_answer(text)
+            else:
+                state.balance_results[key] = decode_balance_result(text)
+            state.answer_log.append((committed_at, key))
+
+    # -- the fenced group commit -----------------------------------------------------------------
+
+    async def commit(self, changes: Changes, epochs: Mapping[int, int]) -> None:
+        """Write ``changes`` in ONE transaction, fenced by ``epochs`` (vshard -> epoch).
+
+        Raises :class:`NotOwner` (nothing written) if any touched vshard's lease holds another
+        epoch; :class:`StoreUnavailable` (nothing acknowledged) if the database fails.
+        """
+        touched = _touched_vshards(changes)
+        if not touched:
+            return
+        missing = sorted(v for v in touched if v not in epochs)
+        if missing:
+            raise ValueError(f"commit touches vshards {missing} but no epoch was given for them")
+        # Encode before the transaction: a bad record fails without touching the database.
+        subscribers = SUBSCRIBERS.columns_of(list(changes.subscribers.values()))
+        accounts = ACCOUNTS.columns_of(list(changes.accounts.values()))
+        buckets = BUCKETS.columns_of(list(changes.buckets.values()))
+        sessions = SESSIONS.columns_of(list(changes.sessions.values()))
+        journal = JOURNAL.columns_of(changes.journal)
+        answers: list[list[Any]] = [[], [], [], []]
+        for key, (v, answer) in changes.answers.items():
+            answers[0].append(v)
+            answers[1].append(key)
+            answers[2].append("cc")
+            answers[3].append(encode_answer(answer))
+        for key, (v, result) in changes.balance_results.items():
+            answers[0].append(v)
+            answers[1].append(key)
+            answers[2].append("balance")
+            answers[3].append(encode_balance_result(result))
+        ended = [list(changes.ended_sessions.values()), list(changes.ended_sessions.keys())]
+        async with self._tx("commit") as conn:
+            await self._check_epochs(conn, touched, epochs)
+            async with conn.pipeline():
+                if journal:
+                    await conn.execute(_SQL_JOURNAL, journal)
+                if subscribers:
+                    await conn.execute(_SQL_SUBSCRIBERS, subscribers)
+                if accounts:
+                    await conn.execute(_SQL_ACCOUNTS, accounts)
+                if buckets:
+                    await conn.execute(_SQL_BUCKETS, buckets)
+                if sessions:
+                    await conn.execute(_SQL_SESSIONS, sessions)
+                if ended[0]:
+                    await conn.execute(_SQL_END_SESSIONS, ended)
+                if answers[0]:
+                    await conn.execute(_SQL_ANSWERS, answers)
+
+    async def _check_epochs(
+        self, conn: psycopg.AsyncConnection[Any], touched: list[int], epochs: Mapping[int, int]
+    ) -> None:
+        """Read (and hold, FOR SHARE) the lease of every touched vshard; raise on a mismatch."""
+        found: dict[int, int] = {}
+        if self._citus:
+            # Citus runs FOR SHARE only in single-shard (router) queries: one per vshard.
+            cur = conn.cursor()
+            await cur.executemany(
+                "SELECT vshard, epoch FROM shard_leases WHERE vshard = %s FOR SHARE",
+                [(v,) for v in touched],
+                returning=True,
+            )
+            while True:
+                for v, e in await cur.fetchall():
+                    found[int(v)] = int(e)
+                if not cur.nextset():
+                    break
+        else:
+            cur = await conn.execute(
+                "SELECT vshard, epoch FROM shard_leases WHERE vshard = ANY(%s) FOR SHARE",
+                (touched,),
+            )
+            found = {int(v): int(e) for v, e in await cur.fetchall()}
+        for v in touched:
+            if found.get(v) != epochs[v]:
+                raise NotOwner(v, epochs[v], found.get(v))
+
+    # -- answers housekeeping ----------------------------------------------------------------------
+
+    async def prune_answers(self, older_than: timedelta) -> int:
+        """Delete stored answers committed more than ``older_than`` ago; return how many.
+
+        Keeps the answers table bounded (invariant 6); money stays exactly-once because the
+        journal's unique key never forgets.
+        """
+        async with self._tx("prune_answers") as conn:
+            cur = await conn.execute(
+                "DELETE FROM answers WHERE committed_at < now() - %s", (older_than,)
+            )
+            return cur.rowcount
+
+    # -- shard map and plans (reference tables) ------------------------------------------------
+
+    async def load_shard_map(self) -> ShardMapRecord | None:
+        async with self._tx("load_shard_map") as conn:
+            cur = await conn.execute("SELECT version, vshard_count, assignments FROM shard_map")
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        version, count, assignments = row
+        return ShardMapRecord(
+            version=int(version),
+            vshard_count=int(count),
+            assignments={int(k): str(v) for k, v in assignments.items()},
+        )
+
+    async def save_shard_map(self, record: ShardMapRecord, *, expected_version: int | None) -> bool:
+        """Replace the stored map with ``record`` iff its version is ``expected_version`` (None:
+        iff there is no map yet). Returns whether it was saved (False: someone else won)."""
+        assignments = json.dumps({str(k): v for k, v in sorted(record.assignments.items())})
+        async with self._tx("save_shard_map") as conn:
+            if expected_version is None:
+                cur = await conn.execute(
+                    "INSERT INTO shard_map (version, vshard_count, assignments)"
+                    " VALUES (%s, %s, %s::jsonb) ON CONFLICT (singleton) DO NOTHING",
+                    (record.version, record.vshard_count, assignments),
+                )
+            else:
+                cur = await conn.execute(
+                    "UPDATE shard_map SET version = %s, vshard_count = %s,"
+                    " assignments = %s::jsonb, updated_at = now() WHERE version = %s",
+                    (record.version, record.vshard_count, assignments, expected_version),
+                )
+            return cur.rowcount == 1
+
+    async def save_plan(self, plan_id: str, version: int, text: str) -> None:
+        """Store a plan (tariff) text under (plan_id, version); re-saving the same is a no-op,
+        a different text under an existing version is refused (a version never changes)."""
+        async with self._tx("save_plan") as conn:
+            cur = await conn.execute(
+                "INSERT INTO plans (plan_id, version, body) VALUES (%s, %s, %s)"
+                " ON CONFLICT (plan_id, version) DO NOTHING",
+                (plan_id, version, text),
+            )
+            if cur.rowcount == 0:
+                cur = await conn.execute(
+                    "SELECT body FROM plans WHERE plan_id = %s AND version = %s",
+                    (plan_id, version),
+                )
+                row = await cur.fetchone()
+                if row is not None and row[0] != text:
+                    raise StoreError(
+                        f"plan {plan_id!r} version {version} already stored with another text: "
+                        "save it under a new version"
+                    )
+
+    async def load_plans(self) -> list[str]:
+        """The text of the newest version of every plan, ordered by plan id."""
+        async with self._tx("load_plans") as conn:
+            cur = await conn.execute(
+                "SELECT DISTINCT ON (plan_id) body FROM plans ORDER BY plan_id, version DESC"
+            )
+            return [str(r[0]) for r in await cur.fetchall()]
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    async def audit(self) -> list[str]:
+        """Check conservation with SQL over the stored state; return the violations ([] = OK).
+
+        - every account's balance equals the sum of its journal amounts;
+        - every bucket's units equal the sum of its journal units;
+        - every account's reserved money and every bucket's reserved units equal what the open
+          sessions' reservations hold, and neither is negative;
+        - every journal row names an account that exists on its vshard.
+        """
+        async with self._tx("audit") as conn:
+            problems: list[str] = []
+            for sql, fmt in _AUDIT_QUERIES:
+                cur = await conn.execute(sql)
+                problems += [fmt.format(*row) for row in await cur.fetchall()]
+            return problems
+
+
+def _touched_vshards(changes: Changes) -> list[int]:
+    vs: set[int] = set()
+    vs.update(a.vshard for a in changes.accounts.values())
+    vs.update(b.vshard for b in changes.buckets.values())
+    vs.update(s.vshard for s in changes.subscribers.values())
+    vs.update(s.vshard for s in changes.sessions.values())
+    vs.update(changes.ended_sessions.values())
+    vs.update(j.vshard for j in changes.journal)
+    vs.update(v for v, _ in changes.answers.values())
+    vs.update(v for v, _ in changes.balance_results.values())
+    return sorted(vs)
+
+
+_SQL_JOURNAL = JOURNAL.insert_sql(upsert=False)
+_SQL_SUBSCRIBERS = SUBSCRIBERS.insert_sql(upsert=True)
+_SQL_ACCOUNTS = ACCOUNTS.insert_sql(upsert=True)
+_SQL_BUCKETS = BUCKETS.insert_sql(upsert=True)
+_SQL_SESSIONS = SESSIONS.insert_sql(upsert=True)
+_SQL_END_SESSIONS = (
+    "DELETE FROM sessions s USING unnest(%s::integer[], %s::text[]) AS d(vshard, session_id)"
+    " WHERE s.vshard = d.vshard AND s.session_id = d.session_id"
+)
+_SQL_ANSWERS = (
+    "INSERT INTO answers (vshard, idempotency_key, kind, answer)"
+    " SELECT * FROM unnest(%s::integer[], %s::text[], %s::text[], %s::text[])"
+)
+
+_AUDIT_QUERIES: list[tuple[str, str]] = [
+    (
+        "SELECT a.vshard, a.account_id, a.balance_micros, COALESCE(j.total, 0)"
+        " FROM accounts a LEFT JOIN (SELECT vshard, account_id, sum(amount_micros) AS total"
+        "  FROM journal GROUP BY vshard, account_id) j"
+        "  ON j.vshard = a.vshard AND j.account_id = a.account_id"
+        " WHERE a.balance_micros <> COALESCE(j.total, 0) ORDER BY 1, 2",
+        "vshard {0} account {1}: balance {2} but the journal sums to {3}",
+    ),
+    (
+        "SELECT b.vshard, b.bucket_id, b.units, COALESCE(j.total, 0)"
+        " FROM buckets b LEFT JOIN (SELECT vshard, bucket_id, sum(units) AS total"
+        "  FROM journal WHERE bucket_id IS NOT NULL GROUP BY vshard, bucket_id) j"
+        "  ON j.vshard = b.vshard AND j.bucket_id = b.bucket_id"
+        " WHERE b.units <> COALESCE(j.total, 0) ORDER BY 1, 2",
+        "vshard {0} bucket {1}: {2} units but the journal sums to {3}",
+    ),
+    (
+        "SELECT a.vshard, a.account_id, a.reserved_micros, COALESCE(r.total, 0)"
+        " FROM accounts a LEFT JOIN (SELECT s.vshard, s.account_id,"
+        "  sum(COALESCE((x.value->>'money_micros')::bigint, 0)) AS total"
+        "  FROM sessions s, jsonb_each(s.reservations) x GROUP BY s.vshard, s.account_id) r"
+        "  ON r.vshard = a.vshard AND r.account_id = a.account_id"
+        " WHERE a.reserved_micros <> COALESCE(r.total, 0) OR a.reserved_micros < 0"
+        " ORDER BY 1, 2",
+        "vshard {0} account {1}: reserved {2} but open reservations hold {3}",
+    ),
+    (
+        "SELECT b.vshard, b.bucket_id, b.reserved_units, COALESCE(r.total, 0)"
+        " FROM buckets b LEFT JOIN (SELECT s.vshard, u.key AS bucket_id,"
+        "  sum(u.value::bigint) AS total FROM sessions s, jsonb_each(s.reservations) x,"
+        "  jsonb_each_text(COALESCE(x.value->'bucket_units', '{}')) u"
+        "  GROUP BY s.vshard, u.key) r ON r.vshard = b.vshard AND r.bucket_id = b.bucket_id"
+        " WHERE b.reserved_units <> COALESCE(r.total, 0) OR b.reserved_units < 0 ORDER BY 1, 2",
+        "vshard {0} bucket {1}: {2} units reserved but open reservations hold {3}",
+    ),
+    (
+        "SELECT j.vshard, j.idempotency_key, j.line, j.account_id FROM journal j"
+        " WHERE NOT EXISTS (SELECT 1 FROM accounts a"
+        "  WHERE a.vshard = j.vshard AND a.account_id = j.account_id) ORDER BY 1, 2, 3",
+        "vshard {0} journal {1}#{2}: account {3} does not exist on that vshard",
+    ),
+]
