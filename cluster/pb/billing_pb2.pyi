@@ -542,6 +542,52 @@ class CreditControlAnswer(_message.Message):
 Global___CreditControlAnswer: _TypeAlias = CreditControlAnswer  # noqa: Y015
 
 @_typing.final
+class CreditControlRequestBatch(_message.Message):
+    """Several requests in one stream message: how a high-volume client amortises the per-message
+    cost of gRPC (DESIGN.md section 4). At most 1,000 requests per batch.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditControlRequest]: ...
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___CreditControlRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditControlRequestBatch: _TypeAlias = CreditControlRequestBatch  # noqa: Y015
+
+@_typing.final
+class CreditControlAnswerBatch(_message.Message):
+    """The answers to one CreditControlRequestBatch, in the same order as its requests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditControlAnswer]: ...
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___CreditControlAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditControlAnswerBatch: _TypeAlias = CreditControlAnswerBatch  # noqa: Y015
+
+@_typing.final
 class Subscriber(_message.Message):
     """---------------------------------------------------------------------------------------------
     Accounts

@@ -44,6 +44,11 @@ class ChargingStub:
                 request_serializer=billing_dot_v1_dot_billing__pb2.CreditControlRequest.SerializeToString,
                 response_deserializer=billing_dot_v1_dot_billing__pb2.CreditControlAnswer.FromString,
                 _registered_method=True)
+        self.CreditControlBatchStream = channel.stream_stream(
+                '/billing.v1.Charging/CreditControlBatchStream',
+                request_serializer=billing_dot_v1_dot_billing__pb2.CreditControlRequestBatch.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.CreditControlAnswerBatch.FromString,
+                _registered_method=True)
 
 
 class ChargingServicer:
@@ -67,6 +72,14 @@ class ChargingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreditControlBatchStream(self, request_iterator, context):
+        """As CreditControlStream, with many requests per message: one answer batch per request batch
+        (answer batches may come out of order; answers inside one are in request order).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChargingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_ChargingServicer_to_server(servicer, server):
                     servicer.CreditControlStream,
                     request_deserializer=billing_dot_v1_dot_billing__pb2.CreditControlRequest.FromString,
                     response_serializer=billing_dot_v1_dot_billing__pb2.CreditControlAnswer.SerializeToString,
+            ),
+            'CreditControlBatchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.CreditControlBatchStream,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.CreditControlRequestBatch.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.CreditControlAnswerBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +153,33 @@ class Charging:
             '/billing.v1.Charging/CreditControlStream',
             billing_dot_v1_dot_billing__pb2.CreditControlRequest.SerializeToString,
             billing_dot_v1_dot_billing__pb2.CreditControlAnswer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreditControlBatchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/billing.v1.Charging/CreditControlBatchStream',
+            billing_dot_v1_dot_billing__pb2.CreditControlRequestBatch.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.CreditControlAnswerBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,10 @@ class ChargingStub:
     failures are answers with result codes (INVALID_AVP_VALUE / MISSING_AVP naming the field,
     TOO_BUSY, UNABLE_TO_COMPLY) so that one bad request never ends the stream.
     """
+    CreditControlBatchStream: _grpc.StreamStreamMultiCallable[_billing_pb2.CreditControlRequestBatch, _billing_pb2.CreditControlAnswerBatch]
+    """As CreditControlStream, with many requests per message: one answer batch per request batch
+    (answer batches may come out of order; answers inside one are in request order).
+    """
 
 @_typing.type_check_only
 class ChargingAsyncStub(ChargingStub):
@@ -61,6 +65,10 @@ class ChargingAsyncStub(ChargingStub):
     """Answers may come out of order; each carries session_id and request_number. Per-request
     failures are answers with result codes (INVALID_AVP_VALUE / MISSING_AVP naming the field,
     TOO_BUSY, UNABLE_TO_COMPLY) so that one bad request never ends the stream.
+    """
+    CreditControlBatchStream: _aio.StreamStreamMultiCallable[_billing_pb2.CreditControlRequestBatch, _billing_pb2.CreditControlAnswerBatch]  # type: ignore[assignment]
+    """As CreditControlStream, with many requests per message: one answer batch per request batch
+    (answer batches may come out of order; answers inside one are in request order).
     """
 
 class ChargingServicer(metaclass=_abc_1.ABCMeta):
@@ -84,6 +92,16 @@ class ChargingServicer(metaclass=_abc_1.ABCMeta):
         """Answers may come out of order; each carries session_id and request_number. Per-request
         failures are answers with result codes (INVALID_AVP_VALUE / MISSING_AVP naming the field,
         TOO_BUSY, UNABLE_TO_COMPLY) so that one bad request never ends the stream.
+        """
+
+    @_abc_1.abstractmethod
+    def CreditControlBatchStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_billing_pb2.CreditControlRequestBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_billing_pb2.CreditControlAnswerBatch], _abc.AsyncIterator[_billing_pb2.CreditControlAnswerBatch]]:
+        """As CreditControlStream, with many requests per message: one answer batch per request batch
+        (answer batches may come out of order; answers inside one are in request order).
         """
 
 def add_ChargingServicer_to_server(servicer: ChargingServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,166 @@
+"""Micro-batching of owner calls: per owner, one batch in flight, the next forming meanwhile.
+
+DESIGN.md section 4: a request is put in its owner's queue; when no batch is in flight, a batch
+leaves at once; requests that arrive while it is in flight form the next batch, sent the moment
+the previous one returns. There is no timer (a timer doubled latency at low load), so a lone
+request pays one owner round trip and a busy owner gets large batches by itself.
+
+Bounded (DESIGN.md invariant 6): the queue holds at most ``queue_max`` requests; past that,
+:class:`QueueFull` is raised at once (the front door answers RESOURCE_EXHAUSTED) and nothing is
+enqueued. A batch holds at most ``batch_max`` requests. A request whose caller gave up (its
+future was cancelled, e.g. by a deadline) before its batch left is dropped, not sent.
+
+The owner is reached through :class:`OwnerClient`, a seam: the Ray actor handle in production,
+an in-process fake in unit tests. A failed call (actor dead or restarting, Ray error) becomes
+:class:`Unavailable` for every request of the batch: nothing is known to be acknowledged, so the
+front door may retry them with the same idempotency keys (invariant 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from actors.messages import OwnerReply, OwnerRequest, Unavailable
+
+log = logging.getLogger(__name__)
+
+QUEUE_MAX_DEFAULT = 4096
+BATCH_MAX_DEFAULT = 512
+
+
+class OwnerClient(Protocol):
+    """Something that runs one micro-batch on an owner and returns one reply per request."""
+
+    async def submit(self, requests: list[OwnerRequest]) -> list[OwnerReply]: ...
+
+
+class QueueFull(Exception):
+    """The owner's queue is at its bound: the caller should back off (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, owner: str, queue_max: int) -> None:
+        super().__init__(f"owner {owner} is overloaded: {queue_max} requests already queued")
+        self.owner = owner
+        self.queue_max = queue_max
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """What one flushed batch looked like (for metrics and traces)."""
+
+    owner: str
+    size: int
+    queued: int  # requests left waiting when the batch left
+    seconds: float
+    failed: bool
+
+
+class OwnerBatcher:
+    """The queue and the single in-flight batch of one owner, in one asyncio event loop."""
+
+    def __init__(
+        self,
+        owner: str,
+        client: OwnerClient,
+        *,
+        queue_max: int = QUEUE_MAX_DEFAULT,
+        batch_max: int = BATCH_MAX_DEFAULT,
+        on_batch: Callable[[BatchRecord], None] | None = None,
+    ) -> None:
+        if queue_max < 1 or batch_max < 1:
+            raise ValueError(f"queue_max and batch_max must be >= 1, got {queue_max}, {batch_max}")
+        self.owner = owner
+        self.client = client
+        self.queue_max = queue_max
+        self.batch_max = batch_max
+        self._on_batch = on_batch
+        self._queue: deque[tuple[OwnerRequest, asyncio.Future[OwnerReply]]] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not counting the batch in flight)."""
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> bool:
+        return self._flusher is not None
+
+    def submit(self, request: OwnerRequest) -> asyncio.Future[OwnerReply]:
+        """Enqueue ``request``; the future resolves to the owner's reply. Raises QueueFull."""
+        if self._closed:
+            raise RuntimeError(f"batcher for {self.owner} is closed")
+        if len(self._queue) >= self.queue_max:
+            raise QueueFull(self.owner, self.queue_max)
+        future: asyncio.Future[OwnerReply] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name=f"flush-{self.owner}")
+        return future
+
+    async def _flush(self) -> None:
+        """Send batches until the queue is empty; exactly one batch is in flight at a time."""
+        try:
+            while self._queue:
+                requests: list[OwnerRequest] = []
+                futures: list[asyncio.Future[OwnerReply]] = []
+                while self._queue and len(requests) < self.batch_max:
+                    request, future = self._queue.popleft()
+                    if future.done():  # the caller gave up before the batch left
+                        continue
+                    requests.append(request)
+                    futures.append(future)
+                if not requests:
+                    continue
+                started = time.perf_counter()
+                failed = False
+                try:
+                    replies = await self.client.submit(requests)
+                    if len(replies) != len(requests):
+                        raise RuntimeError(
+                            f"owner {self.owner} answered {len(replies)} replies"
+                            f" to {len(requests)} requests"
+                        )
+                except asyncio.CancelledError:
+                    for future in futures:
+                        if not future.done():
+                            future.set_result(Unavailable(f"owner {self.owner}: call cancelled"))
+                    raise
+                except Exception as error:  # every failure of the call: outcome unknown
+                    failed = True
+                    log.debug("owner %s batch of %d failed: %r", self.owner, len(requests), error)
+                    reply = Unavailable(f"owner {self.owner} unavailable: {type(error).__name__}")
+                    replies = [reply] * len(requests)
+                for future, answer in zip(futures, replies, strict=True):
+                    if not future.done():
+                        future.set_result(answer)
+                if self._on_batch is not None:
+                    self._on_batch(
+                        BatchRecord(
+                            owner=self.owner,
+                            size=len(requests),
+                            queued=len(self._queue),
+                            seconds=time.perf_counter() - started,
+                            failed=failed,
+                        )
+                    )
+        finally:
+            self._flusher = None
+
+    async def close(self) -> None:
+        """Stop accepting; fail what is queued as Unavailable; wait for the batch in flight."""
+        self._closed = True
+        while self._queue:
+            _, future = self._queue.popleft()
+            if not future.done():
+                future.set_result(Unavailable(f"front door closing (owner {self.owner})"))
+        if self._flusher is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher

@@ -1,0 +1,839 @@
+"""The gRPC front door: validate, route by subscriber to the owner of its vshard, answer.
+
+DESIGN.md section 4. Per request: :mod:`cluster.convert` validates and translates (bad input ->
+INVALID_ARGUMENT naming the field); the :class:`Dispatcher` computes the vshard, finds the owner
+in its cached :class:`~sharding.shardmap.ShardMap` and puts the request in that owner's
+:class:`~cluster.batching.OwnerBatcher` (one batch in flight per owner). The owner answers only
+after its group commit (invariant 2), so an answer the front door relays is durable.
+
+Replies and what the front door does with them:
+- ``NotOwner``: refresh the map from the manager (to at least the version named) and send the
+  same request (same idempotency key) to the new owner;
+- ``Unavailable`` or a failed Ray call: nothing acknowledged; retry with the same key with a
+  short backoff while the deadline allows, then gRPC UNAVAILABLE (the client may retry: the key
+  makes it harmless, invariant 3);
+- a full owner queue: RESOURCE_EXHAUSTED at once (bounded everything, invariant 6);
+- the client's deadline (or ``request_timeout_s`` when it set none) bounds the whole attempt.
+
+The front door keeps no state but a cache of the map: several may run side by side on different
+ports or machines (``billing frontdoor --port ...``). It reaches owners, the manager and the plan
+catalog through small protocols (:class:`OwnerDirectory`, :class:`MapSource`,
+:class:`PlanService`) so it is tested against in-process fakes as well as real Ray actors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NoReturn, Protocol, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from actors.messages import (
+    ALREADY_EXISTS,
+    FAILED_PRECONDITION,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    Answered,
+    BalanceRequest,
+    ChargeRequest,
+    NotOwner,
+    OwnerReply,
+    OwnerRequest,
+    ProvisionRequest,
+    QueryRequest,
+    Rejected,
+    SubscriberView,
+    Unavailable,
+)
+from billing.protocol import BalanceResult, CreditControlAnswer, CreditControlRequest, ResultCode
+from cluster import convert
+from cluster.batching import (
+    BATCH_MAX_DEFAULT,
+    QUEUE_MAX_DEFAULT,
+    BatchRecord,
+    OwnerBatcher,
+    OwnerClient,
+    QueueFull,
+)
+from cluster.convert import ValidationError
+from cluster.pb import billing_pb2 as pb
+from cluster.pb import billing_pb2_grpc as pb_grpc
+from cluster.telemetry import Telemetry
+from cluster.telemetry import current as current_telemetry
+from sharding.shardmap import ShardMap
+from sharding.vshard import vshard_of
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+REQUEST_TIMEOUT_S_DEFAULT = 10.0
+STREAM_IN_FLIGHT_MAX = 1024
+BATCH_REQUESTS_MAX = 1000
+NOT_OWNER_RETRIES_MAX = 16
+BACKOFF_S_MIN = 0.005
+BACKOFF_S_MAX = 0.25
+MAP_POLL_S = 30.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Seams
+# ---------------------------------------------------------------------------------------------
+
+
+class MapSource(Protocol):
+    """The shard manager as the front door sees it."""
+
+    async def get_map(self) -> ShardMap: ...
+
+    async def wait_for_version(self, newer_than: int, timeout_s: float) -> ShardMap: ...
+
+
+class OwnerDirectory(Protocol):
+    """Owner actor name -> a client that submits micro-batches to it."""
+
+    def client(self, owner: str) -> OwnerClient: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlanInfo:
+    """What the Tariffs service shows of a plan."""
+
+    plan_id: str
+    name: str
+    description: str
+    currency: str
+    payment_mode: Any  # billing.protocol.PaymentMode
+    latest_version: int
+    latest_effective_from: datetime
+    details: str = ""
+
+
+class PlanError(Exception):
+    """A plan request failed: ``code`` is a gRPC status code, the message names what."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PlanService(Protocol):
+    """The tariff catalog: list, show, and load (persisted and broadcast to the owners)."""
+
+    async def list_plans(self) -> list[PlanInfo]: ...
+
+    async def get_plan(self, plan_id: str) -> PlanInfo: ...
+
+    async def load_plan(self, text: str) -> PlanInfo: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors the dispatcher raises (each maps to one gRPC status)
+# ---------------------------------------------------------------------------------------------
+
+
+class DispatchError(Exception):
+    code = grpc.StatusCode.UNKNOWN
+    result = ResultCode.UNABLE_TO_COMPLY
+
+
+class Overloaded(DispatchError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    result = ResultCode.TOO_BUSY
+
+
+class NoDurableAnswer(DispatchError):
+    code = grpc.StatusCode.UNAVAILABLE
+    result = ResultCode.UNABLE_TO_COMPLY
+
+
+class DeadlineExceeded(DispatchError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    result = ResultCode.UNABLE_TO_COMPLY
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatcher: routing, batching and retries, independent of gRPC
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DispatchStats:
+    requests: int = 0
+    not_owner_retries: int = 0
+    unavailable_retries: int = 0
+    overloaded: int = 0
+    map_refreshes: int = 0
+    batches: int = 0
+    batched_requests: int = 0
+    by_owner_batches: dict[str, int] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Routes owner requests through per-owner batchers; retries as the module docstring says."""
+
+    def __init__(
+        self,
+        maps: MapSource,
+        owners: OwnerDirectory,
+        *,
+        queue_max: int = QUEUE_MAX_DEFAULT,
+        batch_max: int = BATCH_MAX_DEFAULT,
+        request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self._maps = maps
+        self._owners = owners
+        self._queue_max = queue_max
+        self._batch_max = batch_max
+        self.request_timeout_s = request_timeout_s
+        self._telemetry = telemetry or current_telemetry()
+        self._map: ShardMap | None = None
+        self._batchers: dict[str, OwnerBatcher] = {}
+        self._refreshing: asyncio.Future[ShardMap] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.stats = DispatchStats()
+        self._telemetry.observe_queues(self.queue_depths)
+
+    @property
+    def shard_map(self) -> ShardMap:
+        if self._map is None:
+            raise RuntimeError("dispatcher not started: no shard map yet")
+        return self._map
+
+    async def start(self) -> None:
+        """Fetch the map and keep it fresh by long-polling the manager."""
+        self._map = await self._maps.get_map()
+        self._poller = asyncio.create_task(self._poll_map(), name="shard-map-poll")
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        for batcher in list(self._batchers.values()):
+            await batcher.close()
+
+    def queue_depths(self) -> dict[str, int]:
+        return {name: batcher.depth for name, batcher in self._batchers.items()}
+
+    async def _poll_map(self) -> None:
+        while True:
+            try:
+                newer = await self._maps.wait_for_version(self.shard_map.version, MAP_POLL_S)
+                self._adopt(newer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # manager restarting: try again shortly
+                log.debug("shard map poll failed: %r", error)
+                await asyncio.sleep(1.0)
+
+    def _adopt(self, candidate: ShardMap) -> None:
+        if self._map is None or candidate.version > self._map.version:
+            self._map = candidate
+
+    async def refresh_map(self, at_least: int) -> ShardMap:
+        """Get a map of version >= ``at_least`` (one fetch shared by all waiting callers)."""
+        if self.shard_map.version >= at_least:
+            return self.shard_map
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._fetch_map(at_least))
+            self._refreshing.add_done_callback(self._refresh_done)
+        return await asyncio.shield(self._refreshing)
+
+    def _refresh_done(self, _future: asyncio.Future[ShardMap]) -> None:
+        self._refreshing = None
+
+    async def _fetch_map(self, at_least: int) -> ShardMap:
+        self.stats.map_refreshes += 1
+        fresh = await self._maps.get_map()
+        if fresh.version < at_least:
+            fresh = await self._maps.wait_for_version(fresh.version, 1.0)
+        self._adopt(fresh)
+        return self.shard_map
+
+    def _batcher(self, owner: str) -> OwnerBatcher:
+        batcher = self._batchers.get(owner)
+        if batcher is None:
+            batcher = OwnerBatcher(
+                owner,
+                self._owners.client(owner),
+                queue_max=self._queue_max,
+                batch_max=self._batch_max,
+                on_batch=self._on_batch,
+            )
+            self._batchers[owner] = batcher
+        return batcher
+
+    def _on_batch(self, record: BatchRecord) -> None:
+        self.stats.batches += 1
+        self.stats.batched_requests += record.size
+        if self._telemetry.enabled:
+            self._telemetry.batch_done(record.owner, record.size, record.seconds, record.failed)
+
+    def owner_for(self, routing_key: str) -> str:
+        shard_map = self.shard_map
+        return shard_map.owner_of(vshard_of(routing_key, shard_map.vshard_count))
+
+    async def call(
+        self, request: OwnerRequest, timeout_s: float | None = None
+    ) -> Answered | Rejected:
+        """Send ``request`` to its owner until a durable answer or a rejection comes back.
+
+        Raises Overloaded (owner queue full), NoDurableAnswer (owner unavailable until the
+        deadline) or DeadlineExceeded. The same request object (same idempotency key) is sent
+        on every attempt.
+        """
+        self.stats.requests += 1
+        loop = asyncio.get_running_loop()
+        budget = self.request_timeout_s if timeout_s is None else min(timeout_s, 3600.0)
+        deadline = loop.time() + budget
+        key = request.routing_key
+        not_owner = 0
+        backoff = BACKOFF_S_MIN
+        last_unavailable = ""
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                if last_unavailable:
+                    raise NoDurableAnswer(last_unavailable)
+                raise DeadlineExceeded("deadline exceeded before the owner answered")
+            owner = self.owner_for(key)
+            try:
+                future = self._batcher(owner).submit(request)
+            except QueueFull as full:
+                self.stats.overloaded += 1
+                raise Overloaded(str(full)) from None
+            try:
+                reply: OwnerReply = await asyncio.wait_for(future, remaining)
+            except TimeoutError:
+                if last_unavailable:
+                    raise NoDurableAnswer(last_unavailable) from None
+                raise DeadlineExceeded(
+                    f"deadline exceeded waiting for owner {owner}; the outcome is unknown:"
+                    " retry with the same idempotency key"
+                ) from None
+            if isinstance(reply, (Answered, Rejected)):
+                return reply
+            if isinstance(reply, NotOwner):
+                not_owner += 1
+                self.stats.not_owner_retries += 1
+                if not_owner > NOT_OWNER_RETRIES_MAX:
+                    raise NoDurableAnswer(
+                        f"vshard {reply.vshard} has no settled owner after {not_owner} tries"
+                    )
+                try:
+                    await asyncio.wait_for(
+                        self.refresh_map(max(reply.map_version, self.shard_map.version + 1)),
+                        max(deadline - loop.time(), 0.001),
+                    )
+                except TimeoutError:
+                    continue
+                except Exception as error:  # manager unreachable: back off, try again
+                    last_unavailable = f"shard manager unavailable: {type(error).__name__}"
+                    await asyncio.sleep(min(backoff, max(deadline - loop.time(), 0)))
+                    backoff = min(backoff * 2, BACKOFF_S_MAX)
+                continue
+            if isinstance(reply, Unavailable):
+                self.stats.unavailable_retries += 1
+                last_unavailable = reply.message
+                await asyncio.sleep(min(backoff, max(deadline - loop.time(), 0)))
+                backoff = min(backoff * 2, BACKOFF_S_MAX)
+                continue
+            raise TypeError(f"owner {owner} sent an unknown reply {reply!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# gRPC services
+# ---------------------------------------------------------------------------------------------
+
+_REJECT_STATUS = {
+    INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
+) -> NoReturn:
+    """End the RPC with a status (context.abort raises; this says so to the type checker)."""
+    await context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")
+
+
+def _rejection_text(rejected: Rejected) -> str:
+    return f"{rejected.field}: {rejected.message}" if rejected.field else rejected.message
+
+
+def _timeout(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else max(remaining, 0.0)
+
+
+def charge_rejection_answer(
+    request: CreditControlRequest, rejected: Rejected
+) -> CreditControlAnswer:
+    """A charging Rejected as the protocol's answer: unknown subscriber -> 5030, else 5004/5012."""
+    if rejected.code == NOT_FOUND and rejected.field in ("subscriber_id", ""):
+        code = ResultCode.USER_UNKNOWN
+    elif rejected.code == INVALID_ARGUMENT:
+        code = ResultCode.INVALID_AVP_VALUE
+    else:
+        code = ResultCode.UNABLE_TO_COMPLY
+    return CreditControlAnswer(
+        session_id=request.session_id,
+        request_number=request.request_number,
+        result_code=code,
+        error_message=_rejection_text(rejected),
+    )
+
+
+class ChargingService(pb_grpc.ChargingServicer):
+    """CreditControl (unary), CreditControlStream and CreditControlBatchStream."""
+
+    def __init__(self, dispatcher: Dispatcher, telemetry: Telemetry | None = None) -> None:
+        self._dispatcher = dispatcher
+        self._telemetry = telemetry or current_telemetry()
+
+    async def _charge(
+        self, msg: pb.CreditControlRequest, timeout_s: float | None, method: str
+    ) -> pb.CreditControlAnswer:
+        """One request to an answer message; failures become answers with result codes."""
+        started = time.perf_counter()
+        try:
+            request = convert.request_from_proto(msg)
+        except ValidationError as error:
+            answer = convert.error_answer(
+                msg.session_id, msg.request_number, error.result_code, str(error)
+            )
+        else:
+            try:
+                reply = await self._dispatcher.call(ChargeRequest(request), timeout_s)
+            except DispatchError as error:
+                answer = convert.error_answer(
+                    request.session_id, request.request_number, error.result, str(error)
+                )
+            else:
+                answer = convert.answer_to_proto(self._answer_of(request, reply))
+        if self._telemetry.enabled:
+            self._telemetry.request_done(
+                method, str(answer.result_code), time.perf_counter() - started
+            )
+        return answer
+
+    @staticmethod
+    def _answer_of(
+        request: CreditControlRequest, reply: Answered | Rejected
+    ) -> CreditControlAnswer:
+        if isinstance(reply, Rejected):
+            return charge_rejection_answer(request, reply)
+        payload = reply.payload
+        if not isinstance(payload, CreditControlAnswer):
+            raise TypeError(f"owner answered a charge with {type(payload).__name__}")
+        return payload
+
+    async def CreditControl(
+        self, request: pb.CreditControlRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreditControlAnswer:
+        started = time.perf_counter()
+        telemetry = self._telemetry
+        try:
+            domain = convert.request_from_proto(request)
+        except ValidationError as error:
+            if telemetry.enabled:
+                telemetry.request_done("CreditControl", "INVALID_ARGUMENT", 0.0)
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        try:
+            if telemetry.enabled:
+                attributes: dict[str, str | int] = {
+                    "billing.session_id": domain.session_id,
+                    "billing.request_number": domain.request_number,
+                    "billing.owner": self._dispatcher.owner_for(domain.subscriber_id),
+                }
+                with telemetry.span("billing.frontdoor/CreditControl", attributes):
+                    reply = await self._dispatcher.call(ChargeRequest(domain), _timeout(context))
+            else:
+                reply = await self._dispatcher.call(ChargeRequest(domain), _timeout(context))
+        except DispatchError as error:
+            if telemetry.enabled:
+                telemetry.request_done("CreditControl", error.code.name, 0.0)
+            await _abort(context, error.code, str(error))
+        if isinstance(reply, Rejected) and reply.code == INVALID_ARGUMENT:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, _rejection_text(reply))
+        answer = self._answer_of(domain, reply)
+        if telemetry.enabled:
+            telemetry.request_done(
+                "CreditControl", answer.result_code.name, time.perf_counter() - started
+            )
+        return convert.answer_to_proto(answer)
+
+    async def CreditControlStream(
+        self,
+        request_iterator: AsyncIterator[pb.CreditControlRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.CreditControlAnswer]:
+        """Answers in completion order; at most STREAM_IN_FLIGHT_MAX requests in flight."""
+        outbox: asyncio.Queue[pb.CreditControlAnswer | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT_MAX)
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(msg: pb.CreditControlRequest) -> None:
+            try:
+                outbox.put_nowait(await self._charge(msg, _timeout(context), "CreditControlStream"))
+            finally:
+                slots.release()
+
+        async def reader() -> None:
+            try:
+                async for msg in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(one(msg))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                while pending:
+                    await asyncio.gather(*list(pending), return_exceptions=True)
+            finally:
+                outbox.put_nowait(None)
+
+        feeding = asyncio.create_task(reader())
+        try:
+            while (answer := await outbox.get()) is not None:
+                yield answer
+            await feeding
+        finally:
+            feeding.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    async def CreditControlBatchStream(
+        self,
+        request_iterator: AsyncIterator[pb.CreditControlRequestBatch],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.CreditControlAnswerBatch]:
+        """One answer batch per request batch, answers in request order inside it."""
+        outbox: asyncio.Queue[pb.CreditControlAnswerBatch | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT_MAX)
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(batch: pb.CreditControlRequestBatch, size: int) -> None:
+            try:
+                timeout_s = _timeout(context)
+                answers = await asyncio.gather(
+                    *(
+                        self._charge(msg, timeout_s, "CreditControlBatchStream")
+                        for msg in batch.requests
+                    )
+                )
+                outbox.put_nowait(pb.CreditControlAnswerBatch(answers=answers))
+            finally:
+                for _ in range(size):
+                    slots.release()
+
+        async def reader() -> None:
+            try:
+                async for batch in request_iterator:
+                    if len(batch.requests) > BATCH_REQUESTS_MAX:
+                        await _abort(
+                            context,
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"requests: at most {BATCH_REQUESTS_MAX} per batch,"
+                            f" got {len(batch.requests)}",
+                        )
+                    size = max(len(batch.requests), 1)
+                    for _ in range(size):
+                        await slots.acquire()
+                    task = asyncio.create_task(one(batch, size))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                while pending:
+                    await asyncio.gather(*list(pending), return_exceptions=True)
+            finally:
+                outbox.put_nowait(None)
+
+        feeding = asyncio.create_task(reader())
+        try:
+            while (answer := await outbox.get()) is not None:
+                yield answer
+            await feeding
+        finally:
+            feeding.cancel()
+            for task in list(pending):
+                task.cancel()
+
+
+def subscriber_to_proto(view: SubscriberView) -> pb.Subscriber:
+    return pb.Subscriber(
+        subscriber_id=view.subscriber_id,
+        account_id=view.account_id,
+        plan_id=view.plan_id,
+        payment_mode=convert.payment_mode_to_proto(view.payment_mode),  # type: ignore[arg-type]
+        currency=view.currency,
+        created_at=convert.datetime_to_timestamp(view.created_at),
+        vshard=view.vshard,
+    )
+
+
+def balance_to_proto(subscriber_id: str, view: Any) -> pb.GetBalanceResponse:
+    """The domain's balance view (billing.charging.balance_view) as the wire response.
+
+    Read by attribute so that extra fields on the view do not break the front door.
+    """
+    msg = pb.GetBalanceResponse(
+        subscriber_id=subscriber_id,
+        account_id=getattr(view, "account_id", ""),
+        currency=getattr(view, "currency", ""),
+        balance_micros=view.balance_micros,
+        reserved_micros=view.reserved_micros,
+        available_micros=view.available_micros,
+        credit_limit_micros=getattr(view, "credit_limit_micros", 0),
+    )
+    for bucket in getattr(view, "buckets", ()):
+        entry = msg.buckets.add(
+            bucket_id=bucket.bucket_id,
+            bundle_id=bucket.bundle_id,
+            service=convert.service_kind_to_proto(bucket.service),
+            units=bucket.units,
+            reserved_units=bucket.reserved_units,
+            available_units=getattr(
+                bucket, "available_units", bucket.units - bucket.reserved_units
+            ),
+            priority=bucket.priority,
+        )
+        if getattr(bucket, "valid_from", None) is not None:
+            entry.valid_from.CopyFrom(convert.datetime_to_timestamp(bucket.valid_from))
+        if getattr(bucket, "expires_at", None) is not None:
+            entry.expires_at.CopyFrom(convert.datetime_to_timestamp(bucket.expires_at))
+    return msg
+
+
+class AccountsService(pb_grpc.AccountsServicer):
+    """Provisioning, balance queries and back-office balance movements."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    async def _call(
+        self, request: OwnerRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> object:
+        try:
+            reply = await self._dispatcher.call(request, _timeout(context))
+        except DispatchError as error:
+            await _abort(context, error.code, str(error))
+        if isinstance(reply, Rejected):
+            status = _REJECT_STATUS.get(reply.code, grpc.StatusCode.FAILED_PRECONDITION)
+            await _abort(context, status, _rejection_text(reply))
+        return reply.payload
+
+    async def _validated(
+        self, parse: Callable[[], _T], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> _T:
+        try:
+            return parse()
+        except ValidationError as error:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+    async def CreateSubscriber(
+        self, request: pb.CreateSubscriberRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateSubscriberResponse:
+        spec = await self._validated(lambda: convert.provisioning_from_proto(request), context)
+        payload = await self._call(
+            ProvisionRequest(
+                subscriber_id=spec.subscriber_id,
+                plan_id=spec.plan_id,
+                payment_mode=spec.payment_mode,
+                initial_balance_micros=spec.initial_balance_micros,
+                credit_limit_micros=spec.credit_limit_micros,
+                currency=spec.currency,
+                account_id=spec.account_id,
+            ),
+            context,
+        )
+        if not isinstance(payload, SubscriberView):
+            payload = await self._call(QueryRequest("subscriber", spec.subscriber_id), context)
+        assert isinstance(payload, SubscriberView), payload
+        return pb.CreateSubscriberResponse(subscriber=subscriber_to_proto(payload))
+
+    async def GetSubscriber(
+        self, request: pb.GetSubscriberRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetSubscriberResponse:
+        subscriber_id = await self._validated(
+            lambda: convert.subscriber_id_from_proto(request.subscriber_id), context
+        )
+        payload = await self._call(QueryRequest("subscriber", subscriber_id), context)
+        assert isinstance(payload, SubscriberView), payload
+        return pb.GetSubscriberResponse(subscriber=subscriber_to_proto(payload))
+
+    async def GetBalance(
+        self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetBalanceResponse:
+        subscriber_id = await self._validated(
+            lambda: convert.subscriber_id_from_proto(request.subscriber_id), context
+        )
+        payload = await self._call(QueryRequest("balance", subscriber_id), context)
+        return balance_to_proto(subscriber_id, payload)
+
+    async def TopUp(
+        self, request: pb.TopUpRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.BalanceMovementResponse:
+        command = await self._validated(lambda: convert.topup_from_proto(request), context)
+        payload = await self._call(BalanceRequest(command), context)
+        assert isinstance(payload, BalanceResult), payload
+        return convert.balance_result_to_proto(payload)
+
+    async def Adjust(
+        self, request: pb.AdjustRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.BalanceMovementResponse:
+        command = await self._validated(lambda: convert.adjustment_from_proto(request), context)
+        payload = await self._call(BalanceRequest(command), context)
+        assert isinstance(payload, BalanceResult), payload
+        return convert.balance_result_to_proto(payload)
+
+
+def plan_to_proto(info: PlanInfo) -> pb.PlanSummary:
+    return pb.PlanSummary(
+        plan_id=info.plan_id,
+        name=info.name,
+        description=info.description,
+        currency=info.currency,
+        payment_mode=convert.payment_mode_to_proto(info.payment_mode),  # type: ignore[arg-type]
+        latest_version=info.latest_version,
+        latest_effective_from=convert.datetime_to_timestamp(info.latest_effective_from),
+    )
+
+
+class TariffsService(pb_grpc.TariffsServicer):
+    """The plan catalog: list, show, load (through the PlanService seam)."""
+
+    def __init__(self, plans: PlanService) -> None:
+        self._plans = plans
+
+    async def _run(
+        self, call: Callable[[], Awaitable[_T]], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> _T:
+        try:
+            return await call()
+        except ValidationError as error:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except PlanError as error:
+            await _abort(context, error.code, str(error))
+
+    async def ListPlans(
+        self, request: pb.ListPlansRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListPlansResponse:
+        plans = await self._run(self._plans.list_plans, context)
+        return pb.ListPlansResponse(plans=[plan_to_proto(info) for info in plans])
+
+    async def GetPlan(
+        self, request: pb.GetPlanRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetPlanResponse:
+        async def get() -> PlanInfo:
+            return await self._plans.get_plan(convert.plan_id_from_proto(request.plan_id))
+
+        info = await self._run(get, context)
+        return pb.GetPlanResponse(plan=plan_to_proto(info), details=info.details)
+
+    async def LoadPlan(
+        self, request: pb.LoadPlanRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.LoadPlanResponse:
+        async def load() -> PlanInfo:
+            return await self._plans.load_plan(convert.plan_text_from_proto(request))
+
+        info = await self._run(load, context)
+        return pb.LoadPlanResponse(plan=plan_to_proto(info))
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+# ---------------------------------------------------------------------------------------------
+
+SERVICE_NAMES = tuple(
+    pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Charging", "Accounts", "Tariffs")
+)
+
+
+class FrontDoor:
+    """A running grpc.aio server with the three services, reflection and health."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        plans: PlanService,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        concurrent_rpcs_max: int = 20_000,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self._plans = plans
+        self._host = host
+        self._requested_port = port
+        self._concurrent_rpcs_max = concurrent_rpcs_max
+        self._telemetry = telemetry or current_telemetry()
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self._host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.dispatcher.start()
+        server = grpc.aio.server(
+            maximum_concurrent_rpcs=self._concurrent_rpcs_max,
+            options=[
+                ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_ChargingServicer_to_server(
+            ChargingService(self.dispatcher, self._telemetry), server
+        )
+        pb_grpc.add_AccountsServicer_to_server(AccountsService(self.dispatcher), server)
+        pb_grpc.add_TariffsServicer_to_server(TariffsService(self._plans), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        self.port = server.add_insecure_port(f"{self._host}:{self._requested_port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self._host}:{self._requested_port}")
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        """Stop taking requests, let those in flight finish (up to ``grace_s``), close."""
+        if self._server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_s)
+        await self.dispatcher.close()
+        self._server = None
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def describe_status(stats: DispatchStats) -> Mapping[str, int]:
+    """The dispatcher counters as a flat mapping (for logs and the CLI)."""
+    return {
+        "requests": stats.requests,
+        "batches": stats.batches,
+        "batched_requests": stats.batched_requests,
+        "not_owner_retries": stats.not_owner_retries,
+        "unavailable_retries": stats.unavailable_retries,
+        "overloaded": stats.overloaded,
+        "map_refreshes": stats.map_refreshes,
+    }
