@@ -132,7 +132,7 @@ def test_naive_datetime_is_refused_before_writing(store: Store, aio: asyncio.Run
     acc = sample.account("a-1", 3)
     acc.created_at = acc.created_at.replace(tzinfo=None)
     ch.accounts["a-1"] = acc
-    with pytest.raises(ValueError, match="account.created_at must be timezone-aware"):
+    with pytest.raises(ValueError, match=r"account\.created_at must be timezone-aware"):
         aio.run(store.commit(ch, epochs))
 
 
