@@ -1,0 +1,232 @@
+"""The validated, compiled tariff values: plans, versions, service terms, rates and bundles.
+
+Everything here is produced by the loader (:mod:`billing._tariff_parse`) from a file that passed
+validation, so the values are trusted: a ``PlanVersion`` always has a rate table, a band table, a
+prefix index and a zone index ready for :mod:`billing.rating` to use without further checks.
+Lookups that depend only on the version (which rate applies to a service, rating group,
+destination group and zone) are memoised per version; the memo holds immutable values only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from billing._tariff_bands import BandTable
+from billing._tariff_errors import RatingError
+from billing.money import Rounding
+from billing.protocol import FinalUnitAction, PaymentMode, ServiceKind
+
+HOME_ZONE = "home"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTerms:
+    """How one service (selected by rating group or service identifier) is charged online."""
+
+    service: ServiceKind
+    rating_groups: tuple[int, ...]
+    unit: str  # a billing.protocol.Units field name
+    default_quota: int
+    validity_time_s: int
+    quota_threshold_percent: int
+    final_unit_action: FinalUnitAction
+    redirect_address: str | None
+    credit_control: str  # "charged" | "free" | "denied"
+    overuse: str  # "charge" | "cap"
+    service_identifiers: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BundleSpec:
+    """An allowance provisioned as a Bucket: ``units`` of a service, optionally restricted to
+    destination groups and rating groups (empty = any), valid ``validity_days`` from provisioning
+    (``None`` = no expiry), consumed lowest ``priority`` first."""
+
+    bundle_id: str
+    service: ServiceKind
+    units: int
+    destination_groups: tuple[str, ...]
+    rating_groups: tuple[int, ...]
+    validity_days: int | None
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateSpec:
+    """A rate: the price of usage of one service, per ``rate_unit`` units, in increments.
+
+    ``tier_starts[i]`` is the cycle volume (in charged units) from which ``tier_prices[i]`` applies
+    (``tier_starts[0] == 0``); each tier maps every band of the version to micros per rate unit.
+    Empty ``rating_groups`` / ``destination_groups`` / ``zones`` match anything.
+    """
+
+    rate_id: str
+    service: ServiceKind
+    rating_groups: tuple[int, ...]
+    destination_groups: tuple[str, ...]
+    zones: tuple[str, ...]
+    rate_unit: int
+    initial_increment: int
+    subsequent_increment: int
+    connect_fee_micros: int
+    minimum_charge_micros: int
+    max_cost_micros: int | None
+    rounding: Rounding
+    tier_starts: tuple[int, ...]
+    tier_prices: tuple[dict[str, int], ...]
+    band_sensitive: bool
+
+    def charged_units(self, units: int) -> int:
+        """``units`` rounded up to the increment grid: the initial increment, then subsequent
+        increments. ``charged_units(0) == 0``; monotone; ``charged_units(n) >= n``."""
+        first = self.initial_increment
+        if units <= 0:
+            return 0
+        if units <= first:
+            return first
+        step = self.subsequent_increment
+        return first + -(-(units - first) // step) * step
+
+    @property
+    def splittable(self) -> bool:
+        """True when rating a usage in parts costs exactly the same as rating it whole: 1/1
+        increments, no connect fee, minimum or cap, and every price a whole number of micros
+        per unit (so no rounding ever happens)."""
+        return (
+            self.initial_increment == 1
+            and self.subsequent_increment == 1
+            and self.connect_fee_micros == 0
+            and self.minimum_charge_micros == 0
+            and self.max_cost_micros is None
+            and all(p % self.rate_unit == 0 for tier in self.tier_prices for p in tier.values())
+        )
+
+    def matches(
+        self, service: ServiceKind, rating_group: int | None, group: str | None, zone: str
+    ) -> bool:
+        return (
+            self.service is service
+            and (not self.rating_groups or rating_group in self.rating_groups)
+            and (not self.destination_groups or group in self.destination_groups)
+            and (not self.zones or zone in self.zones)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PlanVersion:
+    """One effective-dated version of a plan: everything needed to rate and charge with it."""
+
+    plan_id: str
+    version: int
+    effective_from: datetime
+    currency: str
+    payment_mode: PaymentMode
+    consumption_order: tuple[str, ...]
+    orphan_timeout_factor: int
+    services: tuple[ServiceTerms, ...]
+    bundles: tuple[BundleSpec, ...]
+    rates: tuple[RateSpec, ...]
+    timezone: str
+    home_plmns: tuple[str, ...]
+    destination_prefixes: dict[str, str]  # prefix -> destination group
+    roaming_zones: dict[str, str]  # "MCC", "MCCMNC" or "*" -> zone
+    bands: BandTable
+    _prefix_lengths: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    _terms_by_rg: dict[int, ServiceTerms] = field(default_factory=dict, compare=False, repr=False)
+    _terms_by_si: dict[int, ServiceTerms] = field(default_factory=dict, compare=False, repr=False)
+    _rate_memo: dict[tuple[ServiceKind, int | None, str | None, str], RateSpec | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        lengths = tuple(sorted({len(p) for p in self.destination_prefixes}, reverse=True))
+        object.__setattr__(self, "_prefix_lengths", lengths)
+        for terms in self.services:
+            for rg in terms.rating_groups:
+                self._terms_by_rg[rg] = terms
+            for si in terms.service_identifiers:
+                self._terms_by_si[si] = terms
+
+    def service_terms(
+        self, rating_group: int | None, service_identifier: int | None
+    ) -> ServiceTerms:
+        """The terms of the service selected by rating group (else service identifier).
+
+        Raises :class:`RatingError` (field ``rating_group``) when neither selects a service.
+        """
+        terms = None
+        if rating_group is not None:
+            terms = self._terms_by_rg.get(rating_group)
+        if terms is None and service_identifier is not None:
+            terms = self._terms_by_si.get(service_identifier)
+        if terms is None:
+            raise RatingError(
+                "rating_group",
+                f"plan {self.plan_id!r} version {self.version} has no service for rating group "
+                f"{rating_group} / service identifier {service_identifier}",
+            )
+        return terms
+
+    def terms_for_service(self, service: ServiceKind) -> ServiceTerms | None:
+        """The first service terms of a kind (for usage that names no rating group)."""
+        return next((t for t in self.services if t.service is service), None)
+
+    def destination_group(self, destination: str | None) -> str | None:
+        """The group of the longest matching prefix of ``destination`` (a leading ``+`` is
+        ignored), or ``None`` when no prefix matches."""
+        if not destination:
+            return None
+        if destination[0] == "+":
+            destination = destination[1:]
+        prefixes = self.destination_prefixes
+        for length in self._prefix_lengths:
+            group = prefixes.get(destination[:length])
+            if group is not None:
+                return group
+        return None
+
+    def zone(self, visited_plmn: str | None) -> str | None:
+        """``home`` for no visited network or a home network; else the roaming zone of the exact
+        MCC-MNC, else of its MCC, else the ``*`` zone; ``None`` if none applies."""
+        if not visited_plmn or visited_plmn in self.home_plmns:
+            return HOME_ZONE
+        zones = self.roaming_zones
+        plmn = visited_plmn.replace("-", "")
+        return zones.get(plmn) or zones.get(plmn[:3]) or zones.get("*")
+
+    def find_rate(
+        self, service: ServiceKind, rating_group: int | None, group: str | None, zone: str
+    ) -> RateSpec | None:
+        """The first rate in file order matching service, rating group, group and zone."""
+        key = (service, rating_group, group, zone)
+        memo = self._rate_memo
+        if key in memo:
+            return memo[key]
+        found = next((r for r in self.rates if r.matches(service, rating_group, group, zone)), None)
+        if len(memo) < 4096:
+            memo[key] = found
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A named plan and its versions, sorted by ``effective_from`` (strictly increasing)."""
+
+    plan_id: str
+    name: str
+    description: str
+    versions: tuple[PlanVersion, ...]
+    source: str = ""
+
+    def version_at(self, at: datetime) -> PlanVersion:
+        """The version in force at ``at``: the last one with ``effective_from <= at``."""
+        versions = self.versions
+        for i in range(len(versions) - 1, -1, -1):
+            if versions[i].effective_from <= at:
+                return versions[i]
+        raise RatingError(
+            "at",
+            f"plan {self.plan_id!r} has no version effective at {at.isoformat()} "
+            f"(first is effective from {versions[0].effective_from.isoformat()})",
+        )
