@@ -53,6 +53,7 @@ class ClientAnswer:
     cost_micros: int
     subscriber_id: str = ""
     idempotency_key: str | None = None  # when the client knows it (top-ups: the caller's key)
+    uncharged_micros: int = 0  # usage a capped prepaid balance could not cover (not debited)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +184,10 @@ def _answers_in_journal(
                     f"answered success with cost {a.cost_micros} but nothing is in the journal",
                 )
             )
-        elif key not in used_buckets and money[key] != a.cost_micros:
+        elif key not in used_buckets and money[key] not in (
+            a.cost_micros,
+            a.cost_micros - a.uncharged_micros,
+        ):
             # Only money-only requests are compared: units taken from a bundle have a price in
             # the answer's cost but move no money.
             found.append(
