@@ -1,0 +1,211 @@
+"""Online charging: the credit-control state machine, and the public API of the pure domain.
+
+:func:`handle` answers one :class:`~billing.protocol.CreditControlRequest` against a
+:class:`~billing.state.ShardState`, with the time passed in (the domain never reads a clock). One
+call is one synchronous step: it mutates the state, records every touched object, journal line
+and answer in ``state.pending``, and returns the answer, which the caller must not send before
+that step is durable (DESIGN.md invariant 2).
+
+Order of decisions: a repeated idempotency key (session id + request number) returns the stored
+answer and moves nothing; then malformed input (5004/5005, field named); then UPDATE/TERMINATION
+of an unknown, ended or expired session (5002); unknown subscriber (5030); unusable plan (5031);
+then the session or event flow (:mod:`billing.sessions`, :mod:`billing.events`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from billing.accounts import (
+    BalanceView,
+    BucketView,
+    ChargingError,
+    apply_balance,
+    balance_view,
+    expire_buckets,
+    provision_subscriber,
+)
+from billing.events import handle_event
+from billing.protocol import (
+    CreditControlAnswer,
+    CreditControlRequest,
+    RequestType,
+    ResultCode,
+    Units,
+)
+from billing.quota import funds_for
+from billing.rating import RatingError
+from billing.sessions import (
+    continue_session,
+    end_session,
+    open_session,
+    prune_answers,
+    release_orphans,
+)
+from billing.state import Session, ShardState
+from billing.tariff import Catalog, Plan, TariffError
+
+__all__ = [
+    "BalanceView",
+    "BucketView",
+    "ChargingError",
+    "apply_balance",
+    "balance_view",
+    "expire_buckets",
+    "handle",
+    "provision_subscriber",
+    "prune_answers",
+    "release_orphans",
+    "validate",
+]
+
+MAX_SERVICES = 64  # service entries per request
+MAX_USED_PARTS = 8  # used-units reports per service entry
+MAX_UNITS = 10**15  # any single unit amount
+_UNIT_FIELDS = (
+    "time_s",
+    "total_octets",
+    "input_octets",
+    "output_octets",
+    "service_units",
+    "money_micros",
+)
+
+
+def _check_units(units: Units, where: str) -> str | None:
+    for name in _UNIT_FIELDS:
+        value = getattr(units, name)
+        if not 0 <= value <= MAX_UNITS:
+            return f"{where}.{name}: must be in [0, {MAX_UNITS}], got {value}"
+    return None
+
+
+def validate(request: CreditControlRequest) -> tuple[ResultCode, str] | None:
+    """The first thing malformed in ``request`` as (5004 or 5005, message naming the field)."""
+    missing = ResultCode.MISSING_AVP
+    invalid = ResultCode.INVALID_AVP_VALUE
+    if not request.session_id:
+        return missing, "session_id is missing"
+    if not request.subscriber_id:
+        return missing, "subscriber_id is missing"
+    if request.event_time.tzinfo is None:
+        return invalid, "event_time must be timezone-aware"
+    number = request.request_number
+    kind = request.request_type
+    if number < 0:
+        return invalid, f"request_number must be >= 0, got {number}"
+    if kind is RequestType.INITIAL and number != 0:
+        return invalid, f"request_number must be 0 for INITIAL, got {number}"
+    if kind in (RequestType.UPDATE, RequestType.TERMINATION) and number == 0:
+        return invalid, f"request_number must be >= 1 for {kind.name}, got 0"
+    if kind is RequestType.EVENT:
+        if request.requested_action is None:
+            return missing, "requested_action is missing (required for EVENT)"
+    elif request.requested_action is not None:
+        return invalid, f"requested_action applies to EVENT only, not {kind.name}"
+    services = request.services
+    if len(services) > MAX_SERVICES:
+        return invalid, f"services: at most {MAX_SERVICES} entries, got {len(services)}"
+    seen: set[tuple[int | None, int | None]] = set()
+    for index, entry in enumerate(services):
+        ident = (entry.rating_group, entry.service_identifier)
+        if ident == (None, None):
+            return missing, f"services[{index}]: rating_group or service_identifier is missing"
+        if ident in seen:
+            return invalid, f"services[{index}]: rating group {ident[0]} appears twice"
+        seen.add(ident)
+        if entry.requested is not None:
+            problem = _check_units(entry.requested, f"services[{index}].requested")
+            if problem:
+                return invalid, problem
+        if len(entry.used) > MAX_USED_PARTS:
+            return invalid, f"services[{index}].used: at most {MAX_USED_PARTS} reports"
+        for part, used in enumerate(entry.used):
+            problem = _check_units(used.units, f"services[{index}].used[{part}].units")
+            if problem:
+                return invalid, problem
+    return None
+
+
+def _failure(request: CreditControlRequest, code: ResultCode, message: str) -> CreditControlAnswer:
+    return CreditControlAnswer(
+        session_id=request.session_id,
+        request_number=request.request_number,
+        result_code=code,
+        error_message=message,
+    )
+
+
+def handle(
+    state: ShardState, request: CreditControlRequest, *, now: datetime, catalog: Catalog
+) -> CreditControlAnswer:
+    """Answer one credit-control request; see the module docstring for the order of decisions.
+
+    Failures before the request reaches an account (5002, 5004, 5005, 5030, 5031 for the plan,
+    5012) change nothing and are not stored; every other answer is stored for idempotency.
+    """
+    stored = state.answers.get(request.idempotency_key)
+    if stored is not None:
+        return stored
+    problem = validate(request)
+    if problem is not None:
+        return _failure(request, *problem)
+    kind = request.request_type
+    session: Session | None = None
+    if kind is RequestType.UPDATE or kind is RequestType.TERMINATION:
+        session = state.sessions.get(request.session_id)
+        if session is None:
+            return _failure(
+                request,
+                ResultCode.UNKNOWN_SESSION_ID,
+                f"session {request.session_id!r} is unknown, ended or expired",
+            )
+        account = state.accounts.get(session.account_id)
+        if session.expires_at <= now or account is None:
+            end_session(state, account, session)
+            return _failure(
+                request,
+                ResultCode.UNKNOWN_SESSION_ID,
+                f"session {request.session_id!r} expired (silent since {session.last_seen_at})",
+            )
+        if request.subscriber_id != session.subscriber_id:
+            return _failure(
+                request,
+                ResultCode.INVALID_AVP_VALUE,
+                f"subscriber_id {request.subscriber_id!r} does not match session "
+                f"{request.session_id!r}",
+            )
+        plan_id = session.plan_id
+    else:
+        subscriber = state.subscribers.get(request.subscriber_id)
+        if subscriber is None:
+            return _failure(
+                request, ResultCode.USER_UNKNOWN, f"subscriber {request.subscriber_id!r} is unknown"
+            )
+        account = state.accounts.get(subscriber.account_id)
+        if account is None:
+            return _failure(
+                request,
+                ResultCode.UNABLE_TO_COMPLY,
+                f"account {subscriber.account_id!r} (vshard {subscriber.account_vshard}) "
+                "is not held by this owner",
+            )
+        if kind is RequestType.INITIAL and request.session_id in state.sessions:
+            return _failure(
+                request,
+                ResultCode.INVALID_AVP_VALUE,
+                f"session {request.session_id!r} is already open",
+            )
+        plan_id = subscriber.plan_id
+    try:
+        plan: Plan = catalog.get(plan_id)
+        version = plan.version_at(now)
+    except (TariffError, RatingError, KeyError) as err:
+        return _failure(request, ResultCode.RATING_FAILED, f"plan {plan_id!r}: {err}")
+    funds = funds_for(state, account, plan, version, request.destination, request.visited_plmn)
+    if kind is RequestType.INITIAL:
+        return open_session(funds, request, request.subscriber_id, now)
+    if kind is RequestType.EVENT:
+        return handle_event(funds, request, now)
+    assert session is not None, "UPDATE/TERMINATION found its session above"
+    return continue_session(funds, session, request, now)

@@ -1,0 +1,317 @@
+"""Granting and charging quota against one account: buckets first, then money (prepaid, credit).
+
+This is the arithmetic the session and event flows share. A :class:`Funds` value describes how one
+request may spend its account (from the plan's consumption order and the account's payment mode);
+:func:`reserve` grants units and holds what pays for them, :func:`release` gives a hold back, and
+:func:`charge` debits reported usage.
+
+Invariants kept (asserted):
+- a grant's money hold is the worst-case price of its units (``rating.reservation_price``) and
+  never exceeds what is available, so concurrent sessions on one account can never be granted
+  more than it covers;
+- expired buckets are never reserved nor charged (usability is checked at the usage's start);
+- with a capped policy (every prepaid account, or a service whose overuse is ``cap``) a charge
+  never takes the balance below its floor: what cannot be covered is reported, not charged.
+
+Consumption order: ``bundles`` (when listed) is always used before money; money is one pool whose
+floor is 0, or ``-credit_limit`` when credit may be used (see :func:`billing.accounts.money_floor`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from billing.accounts import Poster, account_buckets, available_micros, money_floor
+from billing.protocol import PaymentMode, ServiceKind
+from billing.rating import UsageEvent, affordable_units, rate, reservation_price
+from billing.state import Account, Bucket, EntryKind, Reservation, ShardState
+from billing.tariff import Plan, PlanVersion, ServiceTerms
+
+_ONE_SECOND = timedelta(seconds=1)
+_TIERED: dict[tuple[str, int, ServiceKind], bool] = {}  # (plan, version, service) -> has tiers
+
+
+@dataclass(slots=True)
+class Funds:
+    """How one request may spend one account, resolved once per request."""
+
+    state: ShardState
+    account: Account
+    plan: Plan
+    version: PlanVersion
+    destination: str | None
+    visited_plmn: str | None
+    floor: int
+    use_buckets: bool
+    use_money: bool
+    rated_only: bool
+    _group: str | None = None
+    _group_known: bool = False
+
+    @property
+    def destination_group(self) -> str | None:
+        if not self._group_known:
+            self._group = self.version.destination_group(self.destination)
+            self._group_known = True
+        return self._group
+
+    def capped(self, terms: ServiceTerms) -> bool:
+        """True when usage beyond what is available is reported instead of charged."""
+        return self.account.payment_mode is PaymentMode.PREPAID or terms.overuse == "cap"
+
+    def tiered(self, service: ServiceKind) -> bool:
+        """True when a rate of ``service`` has volume tiers, so a cycle counter is kept."""
+        version = self.version
+        key = (version.plan_id, version.version, service)
+        known = _TIERED.get(key)
+        if known is None:
+            known = any(len(r.tier_starts) > 1 for r in version.rates if r.service is service)
+            if len(_TIERED) > 4096:
+                _TIERED.clear()
+            _TIERED[key] = known
+        return known
+
+
+def funds_for(
+    state: ShardState,
+    account: Account,
+    plan: Plan,
+    version: PlanVersion,
+    destination: str | None,
+    visited_plmn: str | None,
+) -> Funds:
+    order = version.consumption_order
+    rated_only = account.payment_mode is PaymentMode.RATED_ONLY
+    return Funds(
+        state=state,
+        account=account,
+        plan=plan,
+        version=version,
+        destination=destination,
+        visited_plmn=visited_plmn,
+        floor=money_floor(account, order),
+        use_buckets="bundles" in order and not rated_only,
+        use_money="prepaid" in order or "credit" in order,
+        rated_only=rated_only,
+    )
+
+
+def matching_buckets(
+    funds: Funds, service: ServiceKind, rating_group: int | None, at: datetime
+) -> list[Bucket]:
+    """The account's buckets usable at ``at`` for this usage, in consumption order."""
+    buckets = account_buckets(funds.state, funds.account.account_id)
+    if not buckets:
+        return buckets
+    found = []
+    for bucket in buckets:
+        if bucket.service is not service or not bucket.usable_at(at):
+            continue
+        if bucket.rating_groups and rating_group not in bucket.rating_groups:
+            continue
+        if bucket.destination_groups and funds.destination_group not in bucket.destination_groups:
+            continue
+        found.append(bucket)
+    return found
+
+
+def reserve(
+    funds: Funds, terms: ServiceTerms, rating_group: int, wanted: int, now: datetime
+) -> Reservation:
+    """Grant up to ``wanted`` units, holding bucket units first and then their worst-case price.
+
+    The grant may be smaller than ``wanted`` (down to 0) when the account cannot cover more. A
+    rated-only account is granted ``wanted`` and holds nothing. Raises ``RatingError`` before
+    changing anything when the usage cannot be priced.
+    """
+    service = terms.service
+    takes: list[tuple[Bucket, int]] = []
+    left = wanted
+    if funds.use_buckets and left:
+        for bucket in matching_buckets(funds, service, rating_group, now):
+            free = bucket.units - bucket.reserved_units
+            if free > 0:
+                take = free if free < left else left
+                takes.append((bucket, take))
+                left -= take
+                if not left:
+                    break
+    money = 0
+    account = funds.account
+    if left:
+        if funds.rated_only:
+            left = 0
+        elif funds.use_money:
+            budget = available_micros(account, funds.floor)
+            usage = UsageEvent(
+                service=service,
+                units=left,
+                start=now,
+                rating_group=rating_group,
+                destination=funds.destination,
+                visited_plmn=funds.visited_plmn,
+            )
+            affordable = affordable_units(usage, funds.plan, budget, at=now)
+            if affordable:
+                if affordable != left:
+                    usage = UsageEvent(
+                        service=service,
+                        units=affordable,
+                        start=now,
+                        rating_group=rating_group,
+                        destination=funds.destination,
+                        visited_plmn=funds.visited_plmn,
+                    )
+                money = reservation_price(usage, funds.plan, at=now)
+                assert 0 <= money <= budget, "a hold must fit what is available"
+                left -= affordable
+    validity = terms.validity_time_s
+    held: dict[str, int] = {}
+    pending = funds.state.pending
+    for bucket, take in takes:
+        bucket.reserved_units += take
+        held[bucket.bucket_id] = take
+        pending.buckets[bucket.bucket_id] = bucket
+        if bucket.expires_at is not None:
+            until = int((bucket.expires_at - now) / _ONE_SECOND)
+            validity = min(validity, max(until, 1))
+    if money:
+        account.reserved_micros += money
+        assert account.reserved_micros <= account.balance_micros - funds.floor, (
+            "reservations exceed what is available"
+        )
+        pending.accounts[account.account_id] = account
+    return Reservation(
+        rating_group=rating_group,
+        service=service,
+        granted_units=wanted - left,
+        money_micros=money,
+        bucket_units=held,
+        expires_at=now + timedelta(seconds=validity),
+        granted_at=now,
+    )
+
+
+def release(state: ShardState, account: Account, reservation: Reservation) -> None:
+    """Give back what a reservation holds (money and bucket units); it moves no balance."""
+    pending = state.pending
+    if reservation.money_micros:
+        account.reserved_micros -= reservation.money_micros
+        assert account.reserved_micros >= 0, "released more money than was held"
+        pending.accounts[account.account_id] = account
+        reservation.money_micros = 0
+    if reservation.bucket_units:
+        for bucket_id, units in reservation.bucket_units.items():
+            bucket = state.buckets[bucket_id]
+            bucket.reserved_units -= units
+            assert bucket.reserved_units >= 0, "released more units than were held"
+            pending.buckets[bucket_id] = bucket
+        reservation.bucket_units = {}
+
+
+@dataclass(slots=True)
+class Priced:
+    """Reported usage priced but not yet applied: bucket units to consume, then money."""
+
+    takes: list[tuple[Bucket, int]]
+    cost_micros: int
+    money_units: int
+    counter_after: int  # the service's cycle tier counter after this usage; -1 when untiered
+
+
+def price_usage(
+    funds: Funds, terms: ServiceTerms, rating_group: int, parts: list[tuple[int, datetime]]
+) -> Priced:
+    """Price usage ``parts`` (units, start) without changing anything.
+
+    Bucket units usable at a part's start (and not held by sessions) cover it first; the rest is
+    rated at the part's own start, so usage before and after a tariff switch gets its own rate.
+    Raises ``RatingError`` when a part cannot be rated.
+    """
+    service = terms.service
+    account = funds.account
+    tiered = not funds.rated_only and funds.tiered(service)
+    counter = account.usage_counters.get(service.value, 0) if tiered else 0
+    takes: list[tuple[Bucket, int]] = []
+    taken: dict[str, int] = {}
+    cost = 0
+    money_units = 0
+    advance = 0  # charged units rated so far, for the cycle tier counter
+    for units, start in parts:
+        left = units
+        if funds.use_buckets and left:
+            for bucket in matching_buckets(funds, service, rating_group, start):
+                free = bucket.units - bucket.reserved_units - taken.get(bucket.bucket_id, 0)
+                if free > 0:
+                    take = free if free < left else left
+                    takes.append((bucket, take))
+                    taken[bucket.bucket_id] = taken.get(bucket.bucket_id, 0) + take
+                    left -= take
+                    if not left:
+                        break
+        if left:
+            usage = UsageEvent(
+                service=service,
+                units=left,
+                start=start,
+                rating_group=rating_group,
+                destination=funds.destination,
+                visited_plmn=funds.visited_plmn,
+            )
+            rating = rate(usage, funds.plan, at=start, cycle_units_before=counter + advance)
+            assert rating.cost_micros >= 0, "a price is never negative"
+            cost += rating.cost_micros
+            money_units += left
+            if tiered:
+                advance += rating.charged_units
+    return Priced(
+        takes=takes,
+        cost_micros=cost,
+        money_units=money_units,
+        counter_after=counter + advance if tiered else -1,
+    )
+
+
+def apply_usage(
+    funds: Funds, poster: Poster, terms: ServiceTerms, rating_group: int, priced: Priced
+) -> tuple[int, int]:
+    """Debit priced usage: its bucket units, then its cost in money.
+
+    Returns ``(charged_micros, uncharged_micros)``: uncharged is the cost a capped balance (or a
+    plan that spends no money) could not cover; it is reported, never charged below the floor.
+    A rated-only account is charged nothing and its cost is reported as charged (priced only).
+    """
+    cost = priced.cost_micros
+    if funds.rated_only:
+        return cost, 0
+    account = funds.account
+    for bucket, take in priced.takes:
+        poster.units(account, bucket, EntryKind.BUCKET_DEBIT, -take, rating_group=rating_group)
+    capped = funds.capped(terms)
+    if not funds.use_money:
+        charged = 0
+    elif capped:
+        free = available_micros(account, funds.floor)
+        charged = cost if cost <= free else free
+    else:
+        charged = cost
+    if charged:
+        poster.money(account, EntryKind.DEBIT, -charged, rating_group=rating_group)
+    if account.payment_mode is PaymentMode.PREPAID:
+        assert account.balance_micros >= funds.floor, "a prepaid balance went below its floor"
+    if priced.counter_after >= 0 and priced.money_units:
+        account.usage_counters[terms.service.value] = priced.counter_after
+    return charged, cost - charged
+
+
+def charge(
+    funds: Funds,
+    poster: Poster,
+    terms: ServiceTerms,
+    rating_group: int,
+    parts: list[tuple[int, datetime]],
+) -> tuple[int, int]:
+    """Price and debit reported usage; see :func:`price_usage` and :func:`apply_usage`."""
+    priced = price_usage(funds, terms, rating_group, parts)
+    return apply_usage(funds, poster, terms, rating_group, priced)

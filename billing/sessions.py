@@ -1,0 +1,334 @@
+"""Credit-control sessions: INITIAL / UPDATE / TERMINATION, orphans, and the answer store.
+
+A session lives on its account's vshard and holds one :class:`~billing.state.Reservation` per
+rating group. Each report of used units for a rating group closes that rating group's current
+grant: the hold is released, the usage is charged (at the rates in force when the grant's window
+began, and after a tariff switch at the new rate), and a new grant is reserved if one was asked
+for. So each request's effect depends only on its own content plus the balance, which is what lets
+pipelined or out-of-order updates each be answered and charged exactly once (the idempotency key
+``session id + request number`` guards the "once").
+
+Answers are kept in ``state.answers`` (and ``state.pending.answers`` for persistence) so a repeated
+request gets the identical answer; :func:`prune_answers` drops those of ended sessions past a
+retention horizon to bound memory.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from billing.accounts import Poster
+from billing.protocol import (
+    CreditControlAnswer,
+    CreditControlRequest,
+    FinalUnitAction,
+    FinalUnitIndication,
+    ReportingReason,
+    RequestType,
+    ResultCode,
+    ServiceGrant,
+    ServiceUsage,
+    TariffChangeUsage,
+    Units,
+)
+from billing.quota import Funds, charge, release, reserve
+from billing.rating import RatingError, next_tariff_switch
+from billing.state import Account, Session, ShardState
+from billing.tariff import PlanVersion, ServiceTerms
+
+_MAX_VALIDITY: dict[tuple[str, int], int] = {}  # (plan, version) -> longest validity time in s
+_UNIT_MAKERS = {
+    "time_s": lambda n: Units(time_s=n),
+    "total_octets": lambda n: Units(total_octets=n),
+    "input_octets": lambda n: Units(input_octets=n),
+    "output_octets": lambda n: Units(output_octets=n),
+    "service_units": lambda n: Units(service_units=n),
+    "money_micros": lambda n: Units(money_micros=n),
+}
+_ = ReportingReason  # reporting reasons are informational: every report is charged alike
+
+
+def units_of(units: Units, unit: str) -> int:
+    """The amount of ``units`` in the service's unit kind (octets: total, else input + output)."""
+    value: int = getattr(units, unit)
+    if not value and unit == "total_octets":
+        return units.input_octets + units.output_octets
+    return value
+
+
+def make_units(unit: str, amount: int) -> Units:
+    return _UNIT_MAKERS[unit](amount)
+
+
+def reservation_key(entry: ServiceUsage, terms: ServiceTerms) -> int:
+    """The rating group a service entry's reservation is kept under."""
+    if entry.rating_group is not None:
+        return entry.rating_group
+    if terms.rating_groups:
+        return terms.rating_groups[0]
+    return -1 - (entry.service_identifier or 0)
+
+
+def orphan_span(version: PlanVersion) -> timedelta:
+    """Silence after which a session is an orphan: factor x the plan's longest validity time."""
+    key = (version.plan_id, version.version)
+    longest = _MAX_VALIDITY.get(key)
+    if longest is None:
+        longest = max((t.validity_time_s for t in version.services), default=3600)
+        if len(_MAX_VALIDITY) > 4096:
+            _MAX_VALIDITY.clear()
+        _MAX_VALIDITY[key] = longest
+    return timedelta(seconds=version.orphan_timeout_factor * longest)
+
+
+def store_answer(
+    state: ShardState, key: str, vshard: int, answer: CreditControlAnswer, now: datetime
+) -> None:
+    """Keep an answer for idempotency, and hand it to persistence with the step."""
+    state.answers[key] = answer
+    state.pending.answers[key] = (vshard, answer)
+    state.answer_log.append((now, key))
+
+
+def session_entry(
+    funds: Funds,
+    poster: Poster,
+    session: Session,
+    entry: ServiceUsage,
+    request_type: RequestType,
+    now: datetime,
+) -> ServiceGrant:
+    """Charge one service entry's reported usage and grant it new quota if it asks.
+
+    Result codes: 5031 unknown rating group or unratable usage; 4011 free service (nothing
+    charged); 4010 denied service (reported usage still charged, nothing granted); 4012 nothing
+    can be granted (reported usage still charged); else 2001 with the grant, its validity time,
+    quota threshold, tariff switch time and, when it is less than a normal grant, the plan's
+    final unit indication.
+    """
+    rg, sid = entry.rating_group, entry.service_identifier
+    try:
+        terms = funds.version.service_terms(rg, sid)
+    except RatingError as err:
+        return ServiceGrant(rg, sid, ResultCode.RATING_FAILED, error_message=str(err))
+    if terms.credit_control == "free":
+        return ServiceGrant(rg, sid, ResultCode.CREDIT_CONTROL_NOT_APPLICABLE)
+    key = reservation_key(entry, terms)
+    asks = entry.requested is not None and request_type is not RequestType.TERMINATION
+    old = None
+    if entry.used or asks:
+        old = session.reservations.pop(key, None)
+        if old is not None:
+            release(funds.state, funds.account, old)
+    cost = uncharged = 0
+    if entry.used:
+        begin = old.granted_at if old is not None and old.granted_at is not None else now
+        switch = old.tariff_switch_at if old is not None else None
+        parts = []
+        for used in entry.used:
+            amount = units_of(used.units, terms.unit)
+            if amount:
+                after = used.tariff_change_usage is TariffChangeUsage.AFTER and switch is not None
+                parts.append((amount, switch if after and switch is not None else begin))
+        if parts:
+            try:
+                cost, uncharged = charge(funds, poster, terms, key, parts)
+            except RatingError as err:
+                return ServiceGrant(rg, sid, ResultCode.RATING_FAILED, error_message=str(err))
+    if terms.credit_control == "denied":
+        return ServiceGrant(
+            rg,
+            sid,
+            ResultCode.END_USER_SERVICE_DENIED,
+            cost_micros=cost,
+            uncharged_micros=uncharged,
+            error_message=f"service {terms.service} (rating group {rg}) is denied by the plan",
+        )
+    if not asks or entry.requested is None:
+        return ServiceGrant(
+            rg, sid, ResultCode.SUCCESS, cost_micros=cost, uncharged_micros=uncharged
+        )
+    wanted = units_of(entry.requested, terms.unit) or terms.default_quota
+    try:
+        reservation = reserve(funds, terms, key, wanted, now)
+    except RatingError as err:
+        return ServiceGrant(
+            rg,
+            sid,
+            ResultCode.RATING_FAILED,
+            cost_micros=cost,
+            uncharged_micros=uncharged,
+            error_message=str(err),
+        )
+    granted = reservation.granted_units
+    if not granted:
+        return ServiceGrant(
+            rg,
+            sid,
+            ResultCode.CREDIT_LIMIT_REACHED,
+            cost_micros=cost,
+            uncharged_micros=uncharged,
+            error_message=f"nothing of rating group {key} can be granted: funds exhausted",
+        )
+    session.reservations[key] = reservation
+    validity = int((reservation.expires_at - now).total_seconds())
+    switch_at = next_tariff_switch(funds.plan, terms.service, now, reservation.expires_at)
+    reservation.tariff_switch_at = switch_at
+    final = None
+    if granted < wanted:
+        action = terms.final_unit_action
+        final = FinalUnitIndication(
+            action, terms.redirect_address if action is FinalUnitAction.REDIRECT else None
+        )
+    pct = terms.quota_threshold_percent
+    return ServiceGrant(
+        rg,
+        sid,
+        ResultCode.SUCCESS,
+        granted=make_units(terms.unit, granted),
+        validity_time_s=validity,
+        final_unit=final,
+        tariff_time_change=switch_at,
+        quota_threshold=granted * pct // 100 if pct else None,
+        cost_micros=cost,
+        uncharged_micros=uncharged,
+    )
+
+
+def command_result(grants: list[ServiceGrant]) -> tuple[ResultCode, str]:
+    """The command-level result: success if any entry succeeded; 4011 if all are free; else the
+    first failure (a non-success command result overrides the entries)."""
+    if not grants:
+        return ResultCode.SUCCESS, ""
+    failure = None
+    for grant in grants:
+        code = grant.result_code
+        if code is ResultCode.SUCCESS:
+            return ResultCode.SUCCESS, ""
+        if failure is None and code is not ResultCode.CREDIT_CONTROL_NOT_APPLICABLE:
+            failure = grant
+    if failure is None:
+        return ResultCode.CREDIT_CONTROL_NOT_APPLICABLE, ""
+    return failure.result_code, failure.error_message
+
+
+def run_session_request(
+    funds: Funds, session: Session, request: CreditControlRequest, now: datetime
+) -> CreditControlAnswer:
+    """Apply one INITIAL/UPDATE/TERMINATION to ``session``: every entry, then the answer."""
+    poster = Poster(
+        funds.state,
+        request.idempotency_key,
+        now,
+        session_id=request.session_id,
+        request_number=request.request_number,
+    )
+    grants = [
+        session_entry(funds, poster, session, entry, request.request_type, now)
+        for entry in request.services
+    ]
+    code, message = command_result(grants)
+    account = funds.account
+    return CreditControlAnswer(
+        session_id=request.session_id,
+        request_number=request.request_number,
+        result_code=code,
+        services=tuple(grants),
+        cost_micros=sum(g.cost_micros for g in grants),
+        error_message=message,
+        balance_after_micros=None
+        if funds.rated_only
+        else account.balance_micros - account.reserved_micros,
+    )
+
+
+def open_session(
+    funds: Funds, request: CreditControlRequest, subscriber_id: str, now: datetime
+) -> CreditControlAnswer:
+    """INITIAL: create the session, grant its entries; keep it only if the answer is a success."""
+    state = funds.state
+    account = funds.account
+    session = Session(
+        session_id=request.session_id,
+        vshard=account.vshard,
+        subscriber_id=subscriber_id,
+        account_id=account.account_id,
+        plan_id=funds.plan.plan_id,
+        destination=request.destination,
+        visited_plmn=request.visited_plmn,
+        started_at=now,
+        last_seen_at=now,
+        expires_at=now + orphan_span(funds.version),
+        next_request_number=1,
+    )
+    answer = run_session_request(funds, session, request, now)
+    if answer.result_code is ResultCode.SUCCESS:
+        state.sessions[session.session_id] = session
+        state.pending.sessions[session.session_id] = session
+    else:
+        end_session(state, account, session)
+    store_answer(state, request.idempotency_key, account.vshard, answer, now)
+    return answer
+
+
+def continue_session(
+    funds: Funds, session: Session, request: CreditControlRequest, now: datetime
+) -> CreditControlAnswer:
+    """UPDATE / TERMINATION of an open session; TERMINATION also releases the rest and ends it."""
+    state = funds.state
+    answer = run_session_request(funds, session, request, now)
+    if request.request_type is RequestType.TERMINATION:
+        end_session(state, funds.account, session)
+        state.pending.ended_sessions[session.session_id] = session.vshard
+    else:
+        session.last_seen_at = now
+        session.expires_at = now + orphan_span(funds.version)
+        if request.request_number >= session.next_request_number:
+            session.next_request_number = request.request_number + 1
+        state.pending.sessions[session.session_id] = session
+    store_answer(state, request.idempotency_key, session.vshard, answer, now)
+    return answer
+
+
+def end_session(state: ShardState, account: Account | None, session: Session) -> None:
+    """Release everything the session holds and forget it (nothing is charged here)."""
+    if account is not None:
+        for reservation in session.reservations.values():
+            release(state, account, reservation)
+    session.reservations.clear()
+    if state.sessions.pop(session.session_id, None) is not None:
+        state.pending.ended_sessions[session.session_id] = session.vshard
+    state.pending.sessions.pop(session.session_id, None)
+
+
+def release_orphans(state: ShardState, *, now: datetime) -> list[str]:
+    """Release and remove sessions silent past their orphan deadline (``expires_at <= now``).
+
+    Their reservations go back to the account; nothing is charged that was not reported.
+    Returns the released session ids.
+    """
+    released = [s for s in state.sessions.values() if s.expires_at <= now]
+    for session in released:
+        end_session(state, state.accounts.get(session.account_id), session)
+    return [s.session_id for s in released]
+
+
+def prune_answers(state: ShardState, older_than: datetime) -> int:
+    """Forget stored answers given before ``older_than`` whose session is no longer open.
+
+    Answers of open sessions are kept (their retransmissions must still be recognised). Returns
+    how many were pruned. The persistence layer prunes its own copy by the same horizon.
+    """
+    log = state.answer_log
+    kept: list[tuple[datetime, str]] = []
+    pruned = 0
+    while log and log[0][0] < older_than:
+        entry = log.popleft()
+        key = entry[1]
+        session_id = key[3 : key.rindex("#")] if key.startswith("cc:") else ""
+        if session_id in state.sessions:
+            kept.append(entry)
+        elif state.answers.pop(key, None) is not None:
+            pruned += 1
+    log.extend(kept)
+    return pruned
