@@ -28,7 +28,10 @@ INVALID_ARGUMENT = "invalid_argument"
 NOT_FOUND = "not_found"
 ALREADY_EXISTS = "already_exists"
 FAILED_PRECONDITION = "failed_precondition"
-REJECT_CODES = frozenset({INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION})
+INTERNAL = "internal"  # the owner failed on this request (a bug): the batch was dropped
+REJECT_CODES = frozenset(
+    {INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, INTERNAL}
+)
 
 QUERY_KINDS = ("subscriber", "balance")
 

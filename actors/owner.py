@@ -1,0 +1,704 @@
+"""ShardOwner: the Ray actor that owns a set of vshards, charges them, and commits before answering.
+
+Life of an owner (named ``billing-owner-<i>``, detached, ``max_restarts=-1``, namespace
+``billing``):
+
+1. Start (also after a crash restart, which re-runs ``__init__``): ask the shard manager for the
+   map, take over its vshards in PostgreSQL (epoch bump: any previous owner is fenced out from
+   then on), load their state, load the plan catalog. Until then requests wait a bounded time
+   (``ready_wait_s``) and then get :class:`~actors.messages.Unavailable`.
+2. Serve: :meth:`ShardOwner.submit` puts a micro-batch on the owner's queue; ONE writer task
+   takes everything queued (up to ``batch_max`` requests), applies the domain in one synchronous
+   step (actors/_apply.py), commits ``state.take_changes()`` with the vshard epochs in ONE
+   transaction, and only then resolves the callers' replies. Requests arriving during a commit
+   form the next group commit.
+3. Failures: a stale epoch (:class:`sharding.store.NotOwner`) means a vshard moved: nothing was
+   written, the requests of that vshard get NotOwner, the others Unavailable, and the owner
+   reloads. A database failure: nothing acknowledged, every request of the batch gets
+   Unavailable, the in-memory state (which already holds the uncommitted effects) is dropped and
+   reloaded from PostgreSQL, which is the truth, before anything else is served.
+
+A timer queues an orphan sweep (``release_orphans`` at the actor's clock; the domain never reads
+the clock) committed the same way, and prunes old remembered answers.
+
+Shared accounts: a member whose account's vshard is held by another owner has its requests
+forwarded there (``forwarded``), so only the account's owner ever spends the account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import ray
+
+from actors._apply import InternalError, JoinRemote, Step, apply_one
+from actors.messages import (
+    INTERNAL,
+    INVALID_ARGUMENT,
+    Answered,
+    BalanceRequest,
+    ChargeRequest,
+    Forwarded,
+    NotOwner,
+    OwnerReply,
+    OwnerRequest,
+    OwnerStatus,
+    ProvisionRequest,
+    ProvisionSummary,
+    QueryRequest,
+    Rejected,
+    SubscriberView,
+    Unavailable,
+)
+from billing.sessions import prune_answers, release_orphans
+from billing.state import ShardState, Subscriber
+from billing.tariff import Catalog, builtin_catalog, load_plan
+from sharding.shardmap import ShardMap
+from sharding.store import NotOwner as StoreNotOwner
+from sharding.store import Store
+from sharding.vshard import vshard_of
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "billing"
+MANAGER_NAME = "billing-shard-manager"
+OWNER_PREFIX = "billing-owner-"
+_REQUEST_TYPES = (ChargeRequest, ProvisionRequest, BalanceRequest, QueryRequest)
+_REJECTS_KEPT = 200
+
+
+def owner_name(index: int) -> str:
+    """The actor name of owner ``index``: ``billing-owner-<index>``."""
+    return f"{OWNER_PREFIX}{index}"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerConfig:
+    """Settings of one owner; every bound here is a limit with a clear error past it."""
+
+    dsn: str
+    batch_max: int = 4096  # requests applied per group commit
+    queue_max: int = 50_000  # requests waiting for the writer; past it: Unavailable (busy)
+    submit_max: int = 10_000  # requests in one submit call
+    ready_wait_s: float = 2.0  # how long a request waits for a (re)loading owner
+    forward_timeout_s: float = 10.0  # a forwarded shared-account request's bound
+    sweep_interval_s: float = 1.0  # orphan sweep period
+    answer_retention_s: float = 3600.0  # remembered answers older than this are pruned
+    pool_max: int = 2  # PostgreSQL connections of this owner
+    manager_name: str = MANAGER_NAME
+    namespace: str = NAMESPACE
+
+    def __post_init__(self) -> None:
+        for name in ("batch_max", "queue_max", "submit_max", "pool_max"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("ready_wait_s", "forward_timeout_s", "sweep_interval_s", "answer_retention_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+Item = OwnerRequest | Forwarded | JoinRemote
+
+
+@dataclass(eq=False)
+class _Job:
+    """Work for the writer: requests with the future their caller awaits, or a control step."""
+
+    kind: str  # "requests" | "sweep" | "remap"
+    items: list[Item] = field(default_factory=list)
+    future: asyncio.Future[list[OwnerReply]] | None = None
+    new_map: ShardMap | None = None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ShardOwner:
+    """The shard owner's logic; :func:`owner_actor` makes it a Ray actor.
+
+    All state changes happen on one writer task (``_run``); Ray's async actor runs the public
+    methods concurrently on the same event loop, and they only classify, queue and wait.
+    """
+
+    def __init__(self, name: str, config: OwnerConfig) -> None:
+        if not name:
+            raise ValueError("name must not be empty")
+        self._name = name
+        self._config = config
+        self._store = Store(config.dsn, min_size=1, max_size=config.pool_max)
+        self._store_open = False
+        self._state = ShardState()
+        self._guests: set[str] = set()
+        self._catalog: Catalog = builtin_catalog()
+        self._epochs: dict[int, int] = {}
+        self._map: ShardMap | None = None  # the map whose vshards this owner holds
+        self._route_map: ShardMap | None = None  # the newest map seen, for forwarding
+        self._handles: dict[str, Any] = {}
+        self._queue: deque[_Job] = deque()
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._needs_load = True
+        self._closing = False
+        self._last_error = ""
+        self._load_seconds = 0.0
+        self._loads = 0
+        self._commits = 0
+        self._sweep_queued = False
+        loop = asyncio.get_running_loop()  # Ray async actors run __init__ on their event loop
+        self._tasks = [loop.create_task(self._run()), loop.create_task(self._sweep_loop())]
+
+    # -- public methods (Ray calls) ---------------------------------------------------------
+
+    async def ping(self) -> str:
+        return self._name
+
+    async def ready(self, timeout_s: float = 60.0) -> bool:
+        """Wait until the owner holds and has loaded its vshards (for start-up and tests)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+        return self._ready.is_set()
+
+    async def status(self) -> OwnerStatus:
+        return OwnerStatus(
+            name=self._name,
+            ready=self._ready.is_set(),
+            map_version=self._map.version if self._map else 0,
+            vshards=tuple(sorted(self._epochs)),
+            epochs=dict(self._epochs),
+            subscribers=len(self._state.subscribers) - len(self._guests),
+            accounts=len(self._state.accounts),
+            sessions=len(self._state.sessions),
+            answers=len(self._state.answers),
+            load_seconds=self._load_seconds,
+            loads=self._loads,
+            commits=self._commits,
+            last_error=self._last_error,
+        )
+
+    async def submit(self, requests: Sequence[OwnerRequest]) -> list[OwnerReply]:
+        """Charge/provision/query one micro-batch; one reply per request, in order.
+
+        Call with ``.options(max_task_retries=0)``: on an unknown outcome the caller retries
+        the same request (same idempotency key), which the domain makes harmless.
+        """
+        count = len(requests)
+        if count == 0:
+            return []
+        if count > self._config.submit_max:
+            message = f"a batch holds at most {self._config.submit_max} requests, got {count}"
+            return [Rejected(INVALID_ARGUMENT, "requests", message)] * count
+        if not await self._wait_ready():
+            return [Unavailable(self._not_ready())] * count
+        current = self._map
+        assert current is not None
+        replies: list[OwnerReply | None] = [None] * count
+        local: list[int] = []
+        forwards: list[tuple[int, Forwarded]] = []
+        joins: list[tuple[int, Forwarded]] = []
+        for index, request in enumerate(requests):
+            reply = self._classify(request, current, index, local, forwards, joins)
+            replies[index] = reply
+        waits: list[asyncio.Future[None]] = []
+        if local:
+            waits.append(
+                asyncio.ensure_future(self._fill(replies, local, [requests[i] for i in local]))
+            )
+        if forwards:
+            waits.append(asyncio.ensure_future(self._fill_forwarded(replies, forwards)))
+        if joins:
+            waits.append(asyncio.ensure_future(self._fill_joins(replies, joins)))
+        if waits:
+            await asyncio.gather(*waits)
+        return [r if r is not None else Unavailable("no reply; retry") for r in replies]
+
+    async def forwarded(self, items: Sequence[Forwarded]) -> list[OwnerReply]:
+        """Owner-to-owner: apply members' requests to the accounts held here."""
+        if not items:
+            return []
+        if not await self._wait_ready():
+            return [Unavailable(self._not_ready())] * len(items)
+        return await self._enqueue(list(items))
+
+    async def provision_bulk(self, requests: Sequence[ProvisionRequest]) -> ProvisionSummary:
+        """Provision many subscribers, ``batch_max`` per commit (for the demo and load tests).
+
+        Each request must route to this owner (else it is listed in ``not_owner``).
+        """
+        created = 0
+        rejected: list[tuple[str, Rejected]] = []
+        not_owner: list[str] = []
+        step = max(1, min(self._config.batch_max, self._config.submit_max))
+        chunks = [list(requests[i : i + step]) for i in range(0, len(requests), step)]
+        results = await asyncio.gather(*(self.submit(chunk) for chunk in chunks))
+        for chunk, replies in zip(chunks, results, strict=True):
+            for request, reply in zip(chunk, replies, strict=True):
+                if isinstance(reply, Answered):
+                    created += 1
+                elif isinstance(reply, NotOwner):
+                    not_owner.append(request.subscriber_id)
+                elif isinstance(reply, Rejected):
+                    if len(rejected) < _REJECTS_KEPT:
+                        rejected.append((request.subscriber_id, reply))
+                else:
+                    if len(rejected) < _REJECTS_KEPT:
+                        rejected.append(
+                            (request.subscriber_id, Rejected("unavailable", "", reply.message))
+                        )
+        return ProvisionSummary(
+            created=created, rejected=tuple(rejected), not_owner=tuple(not_owner)
+        )
+
+    async def apply_map(self, new_map: ShardMap) -> bool:
+        """The manager's push of a newer map: drop vshards that moved away, take over new ones."""
+        if self._route_map is None or new_map.version > self._route_map.version:
+            self._route_map = new_map
+        if self._map is not None and new_map.version <= self._map.version:
+            return True
+        future: asyncio.Future[list[OwnerReply]] = asyncio.get_running_loop().create_future()
+        self._push(_Job("remap", future=future, new_map=new_map))
+        await future
+        return set(self._epochs) == set(new_map.vshards_of(self._name))
+
+    async def reload_plans(self) -> int:
+        """Re-read the plan catalog (built-in templates + plans saved in the database)."""
+        self._catalog = await self._load_catalog()
+        return len(self._catalog.plans())
+
+    async def shutdown(self) -> None:
+        """Stop serving and close the database pool (the actor is killed afterwards)."""
+        self._closing = True
+        self._ready.clear()
+        for task in self._tasks:
+            task.cancel()
+        self._fail_queued("owner shutting down")
+        await self._store.close()
+
+    # -- classification and forwarding --------------------------------------------------------
+
+    def _classify(
+        self,
+        request: object,
+        current: ShardMap,
+        index: int,
+        local: list[int],
+        forwards: list[tuple[int, Forwarded]],
+        joins: list[tuple[int, Forwarded]],
+    ) -> OwnerReply | None:
+        if not isinstance(request, _REQUEST_TYPES):
+            return Rejected(
+                INVALID_ARGUMENT, "requests", f"not an owner request: {type(request).__name__}"
+            )
+        key = request.routing_key
+        if not isinstance(key, str) or not key:
+            return Rejected(INVALID_ARGUMENT, "subscriber_id", "must be a non-empty string")
+        vshard = vshard_of(key, current.vshard_count)
+        if vshard not in self._epochs:
+            return NotOwner(vshard, self._map_version())
+        if isinstance(request, ProvisionRequest):
+            account = request.account_id
+            if account and account != key:
+                account_vshard = vshard_of(account, current.vshard_count)
+                if account_vshard not in self._epochs:
+                    member = Subscriber(
+                        subscriber_id=key,
+                        vshard=vshard,
+                        account_id=account,
+                        account_vshard=account_vshard,
+                        plan_id=request.plan_id,
+                        created_at=_utcnow(),
+                    )
+                    joins.append((index, Forwarded(request, member, self._map_version())))
+                    return None
+            local.append(index)
+            return None
+        subscriber = self._state.subscribers.get(key)
+        if subscriber is not None and subscriber.account_vshard not in self._epochs:
+            forwards.append((index, Forwarded(request, subscriber, self._map_version())))
+            return None
+        local.append(index)
+        return None
+
+    async def _fill(
+        self, replies: list[OwnerReply | None], where: list[int], items: list[Any]
+    ) -> None:
+        for index, reply in zip(where, await self._enqueue(items), strict=True):
+            replies[index] = reply
+
+    async def _fill_forwarded(
+        self, replies: list[OwnerReply | None], forwards: list[tuple[int, Forwarded]]
+    ) -> None:
+        results = await self._forward([f for _, f in forwards])
+        for (index, _), reply in zip(forwards, results, strict=True):
+            replies[index] = reply
+
+    async def _fill_joins(
+        self, replies: list[OwnerReply | None], joins: list[tuple[int, Forwarded]]
+    ) -> None:
+        """Joining a shared account held elsewhere: its owner validates, then we write the member."""
+        validated = await self._forward([f for _, f in joins])
+        writes: list[tuple[int, JoinRemote]] = []
+        for (index, _), reply in zip(joins, validated, strict=True):
+            if isinstance(reply, Answered) and isinstance(reply.payload, SubscriberView):
+                writes.append((index, JoinRemote(reply.payload)))
+            else:
+                replies[index] = reply
+        if writes:
+            await self._fill(replies, [i for i, _ in writes], [w for _, w in writes])
+
+    async def _forward(self, items: list[Forwarded]) -> list[OwnerReply]:
+        """Send members' requests to their accounts' owners; follow map changes a few times."""
+        results: list[OwnerReply] = [Unavailable("account owner not reached; retry")] * len(items)
+        todo = list(range(len(items)))
+        for attempt in range(3):
+            route = self._route_map or self._map
+            assert route is not None
+            groups: dict[str, list[int]] = {}
+            for i in todo:
+                groups.setdefault(route.owner_of(items[i].subscriber.account_vshard), []).append(i)
+            outcome = await asyncio.gather(
+                *(
+                    self._forward_to(target, [items[i] for i in idx])
+                    for target, idx in groups.items()
+                )
+            )
+            todo = []
+            for idx, replies in zip(groups.values(), outcome, strict=True):
+                for i, reply in zip(idx, replies, strict=True):
+                    results[i] = reply
+                    if isinstance(reply, NotOwner):
+                        todo.append(i)
+            if not todo or attempt == 2:
+                break
+            await self._refresh_route()
+        for i in todo:
+            results[i] = Unavailable(
+                f"the owner of account vshard {items[i].subscriber.account_vshard} is moving; retry"
+            )
+        return results
+
+    async def _forward_to(self, target: str, items: list[Forwarded]) -> list[OwnerReply]:
+        if target == self._name:
+            return await self._enqueue(list(items))
+        try:
+            handle = self._handle(target)
+            ref = handle.forwarded.options(max_task_retries=0).remote(items)
+            replies: list[OwnerReply] = await asyncio.wait_for(ref, self._config.forward_timeout_s)
+            return replies
+        except Exception as exc:  # actor dead/restarting, timeout: nothing known, retry is safe
+            self._handles.pop(target, None)
+            return [Unavailable(f"account owner {target} unreachable: {type(exc).__name__}")] * len(
+                items
+            )
+
+    def _handle(self, name: str) -> Any:
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = ray.get_actor(name, namespace=self._config.namespace)
+            self._handles[name] = handle
+        return handle
+
+    async def _refresh_route(self) -> None:
+        with contextlib.suppress(Exception):
+            fresh: ShardMap = await self._handle(self._config.manager_name).get_map.remote()
+            if self._route_map is None or fresh.version > self._route_map.version:
+                self._route_map = fresh
+
+    def _vshard_count(self) -> int:
+        return self._map.vshard_count if self._map is not None else 1
+
+    def _map_version(self) -> int:
+        versions = [m.version for m in (self._map, self._route_map) if m is not None]
+        return max(versions, default=0)
+
+    # -- the queue ---------------------------------------------------------------------------
+
+    async def _wait_ready(self) -> bool:
+        if self._ready.is_set():
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), self._config.ready_wait_s)
+        return self._ready.is_set()
+
+    def _not_ready(self) -> str:
+        why = f": {self._last_error}" if self._last_error else ""
+        return f"owner {self._name} is loading its vshards{why}"
+
+    async def _enqueue(self, items: list[Item]) -> list[OwnerReply]:
+        if self._closing:
+            return [Unavailable("owner shutting down")] * len(items)
+        if self._queued + len(items) > self._config.queue_max:
+            busy = f"owner {self._name} is busy ({self._queued} requests queued)"
+            return [Unavailable(busy)] * len(items)
+        future: asyncio.Future[list[OwnerReply]] = asyncio.get_running_loop().create_future()
+        self._push(_Job("requests", items=items, future=future))
+        return await future
+
+    def _push(self, job: _Job) -> None:
+        self._queue.append(job)
+        self._queued += len(job.items)
+        self._wakeup.set()
+
+    def _take(self) -> list[_Job]:
+        """Everything queued up to ``batch_max`` requests; a control job runs alone."""
+        first = self._queue.popleft()
+        jobs = [first]
+        total = len(first.items)
+        if first.kind == "requests":
+            while self._queue and self._queue[0].kind == "requests":
+                size = len(self._queue[0].items)
+                if total + size > self._config.batch_max:
+                    break
+                jobs.append(self._queue.popleft())
+                total += size
+        self._queued -= total
+        return jobs
+
+    def _fail_queued(self, message: str) -> None:
+        while self._queue:
+            job = self._queue.popleft()
+            self._resolve(job, [Unavailable(message)] * len(job.items))
+        self._queued = 0
+
+    @staticmethod
+    def _resolve(job: _Job, replies: list[OwnerReply]) -> None:
+        if job.future is not None and not job.future.done():
+            job.future.set_result(replies)
+
+    # -- the writer ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            if self._needs_load:
+                try:
+                    await self._load_all()
+                    backoff = 0.05
+                except Exception as exc:
+                    self._last_error = f"load failed: {type(exc).__name__}: {exc}"
+                    log.warning("%s: %s", self._name, self._last_error)
+                    self._fail_queued(self._not_ready())
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                continue
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            jobs = self._take()
+            try:
+                if jobs[0].kind == "requests":
+                    await self._process(jobs)
+                elif jobs[0].kind == "sweep":
+                    await self._sweep()
+                else:
+                    await self._remap(jobs[0])
+            except Exception as exc:  # a bug: answer nothing as success, reload from the truth
+                log.exception("%s: step failed", self._name)
+                self._invalidate(f"step failed: {type(exc).__name__}: {exc}")
+                for job in jobs:
+                    self._resolve(job, [Unavailable(self._last_error)] * len(job.items))
+
+    def _invalidate(self, why: str) -> None:
+        """Drop the in-memory state (it may hold uncommitted effects): reload before serving."""
+        self._last_error = why
+        self._needs_load = True
+        self._ready.clear()
+
+    def _step(self, now: datetime) -> Step:
+        current = self._map
+        assert current is not None
+        return Step(
+            state=self._state,
+            catalog=self._catalog,
+            epochs=self._epochs,
+            vshard_count=current.vshard_count,
+            map_version=self._map_version(),
+            now=now,
+            guests=self._guests,
+        )
+
+    async def _process(self, jobs: list[_Job]) -> None:
+        step = self._step(_utcnow())
+        results: list[list[OwnerReply]] = []
+        failed: str | None = None
+        for job in jobs:
+            replies: list[OwnerReply] = []
+            for item in job.items:
+                if failed is not None:
+                    replies.append(Unavailable(failed))
+                    continue
+                try:
+                    replies.append(apply_one(step, item))
+                except InternalError as exc:
+                    failed = f"request failed inside the owner, batch dropped: {exc}"
+                    log.error("%s: %s", self._name, failed)
+                    replies.append(Rejected(INTERNAL, "", str(exc)))
+            results.append(replies)
+        if failed is not None:
+            self._state.take_changes()
+            self._invalidate(failed)
+            results = [[_unacknowledged(r, failed) for r in rs] for rs in results]
+        else:
+            error = await self._commit()
+            if error is not None:
+                results = [
+                    [_after_failure(r, error, item) for r, item in zip(rs, job.items, strict=True)]
+                    for rs, job in zip(results, jobs, strict=True)
+                ]
+        for job, replies in zip(jobs, results, strict=True):
+            self._resolve(job, replies)
+
+    async def _commit(self) -> _CommitError | None:
+        """Commit what the step changed in ONE transaction; on failure invalidate the state."""
+        changes = self._state.take_changes()
+        for sid in [s for s, sub in changes.subscribers.items() if sub.vshard not in self._epochs]:
+            del changes.subscribers[sid]  # a guest's record is written by its own owner
+        if changes.is_empty():
+            return None
+        try:
+            await self._store.commit(changes, self._epochs)
+        except StoreNotOwner as exc:
+            self._epochs.pop(exc.vshard, None)
+            self._invalidate(str(exc))
+            return _CommitError(str(exc), exc.vshard, self._map_version(), self._vshard_count())
+        except Exception as exc:
+            self._invalidate(f"commit failed, nothing acknowledged: {type(exc).__name__}: {exc}")
+            return _CommitError(self._last_error, None, self._map_version(), self._vshard_count())
+        self._commits += 1
+        return None
+
+    async def _sweep(self) -> None:
+        self._sweep_queued = False
+        now = _utcnow()
+        release_orphans(self._state, now=now)
+        prune_answers(self._state, now - timedelta(seconds=self._config.answer_retention_s))
+        await self._commit()
+
+    async def _sweep_loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self._config.sweep_interval_s)
+            if self._ready.is_set() and not self._sweep_queued:
+                self._sweep_queued = True
+                self._push(_Job("sweep"))
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    async def _load_catalog(self) -> Catalog:
+        catalog = builtin_catalog()
+        for text in await self._store.load_plans():
+            try:
+                catalog = catalog.with_plan(load_plan(text, source="plans table"))
+            except ValueError as exc:
+                self._last_error = f"a stored plan does not load: {exc}"
+        return catalog
+
+    async def _load_all(self) -> None:
+        """Take over every vshard the manager assigns this owner and load it from scratch."""
+        started = time.perf_counter()
+        self._ready.clear()
+        if not self._store_open:
+            await self._store.open()
+            self._store_open = True
+        current: ShardMap = await self._handle(self._config.manager_name).get_map.remote()
+        mine = current.vshards_of(self._name)
+        epochs = await self._store.take_over(mine, self._name) if mine else {}
+        state = ShardState()
+        await self._store.load(mine, state)
+        catalog = await self._load_catalog()
+        self._state, self._epochs, self._guests = state, epochs, set()
+        self._map = current
+        if self._route_map is None or current.version > self._route_map.version:
+            self._route_map = current
+        self._catalog = catalog
+        self._needs_load = False
+        self._load_seconds = time.perf_counter() - started
+        self._loads += 1
+        self._last_error = ""
+        self._ready.set()
+        log.info("%s: holds %d vshards, loaded in %.3fs", self._name, len(mine), self._load_seconds)
+
+    async def _remap(self, job: _Job) -> None:
+        """Follow a new map: drop vshards given away, take over and load the ones received."""
+        new_map = job.new_map
+        assert new_map is not None
+        try:
+            if self._map is not None and new_map.version <= self._map.version:
+                return
+            mine = set(new_map.vshards_of(self._name))
+            lost = set(self._epochs) - mine
+            gained = sorted(mine - set(self._epochs))
+            if lost:
+                self._drop(lost)
+            if gained:
+                epochs = await self._store.take_over(gained, self._name)
+                await self._store.load(gained, self._state)
+                self._epochs.update(epochs)
+            self._map = new_map
+            if self._route_map is None or new_map.version > self._route_map.version:
+                self._route_map = new_map
+        except Exception as exc:
+            self._invalidate(f"taking over new vshards failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._resolve(job, [])
+
+    def _drop(self, vshards: set[int]) -> None:
+        """Forget everything held for ``vshards`` (they now belong to another owner)."""
+        state = self._state
+        for v in vshards:
+            self._epochs.pop(v, None)
+        for sid in [k for k, s in state.subscribers.items() if s.vshard in vshards]:
+            del state.subscribers[sid]
+        for aid in [k for k, a in state.accounts.items() if a.vshard in vshards]:
+            del state.accounts[aid]
+            for bid in state.buckets_by_account.pop(aid, []):
+                state.buckets.pop(bid, None)
+        for sid in [k for k, s in state.sessions.items() if s.vshard in vshards]:
+            del state.sessions[sid]
+
+
+@dataclass(frozen=True, slots=True)
+class _CommitError:
+    message: str
+    lost_vshard: int | None
+    map_version: int
+    vshard_count: int
+
+
+def _unacknowledged(reply: OwnerReply, why: str) -> OwnerReply:
+    """A reply of a dropped batch: only refusals that changed nothing survive."""
+    return reply if isinstance(reply, (Rejected, NotOwner)) else Unavailable(why)
+
+
+def _after_failure(reply: OwnerReply, error: _CommitError, item: Item) -> OwnerReply:
+    if not isinstance(reply, Answered):
+        return reply
+    if (
+        error.lost_vshard is not None
+        and _vshard_hint(item, error.vshard_count) == error.lost_vshard
+    ):
+        return NotOwner(error.lost_vshard, error.map_version)
+    return Unavailable(error.message)
+
+
+def _vshard_hint(item: Item, vshard_count: int) -> int:
+    """The vshard a reply is about: the account's for forwarded requests, else the request's."""
+    if isinstance(item, Forwarded):
+        return item.subscriber.account_vshard
+    if isinstance(item, JoinRemote):
+        return item.view.vshard
+    return vshard_of(item.routing_key, vshard_count)
+
+
+def owner_actor() -> Any:
+    """The Ray actor class of :class:`ShardOwner` (created with options by actors.bootstrap)."""
+    return ray.remote(ShardOwner)
