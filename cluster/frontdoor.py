@@ -53,6 +53,7 @@ from actors.messages import (
     SubscriberView,
     Unavailable,
 )
+from billing.accounts import BalanceView
 from billing.protocol import BalanceResult, CreditControlAnswer, CreditControlRequest, ResultCode
 from cluster import convert
 from cluster.batching import (
@@ -582,35 +583,31 @@ def subscriber_to_proto(view: SubscriberView) -> pb.Subscriber:
     )
 
 
-def balance_to_proto(subscriber_id: str, view: Any) -> pb.GetBalanceResponse:
-    """The domain's balance view (billing.charging.balance_view) as the wire response.
-
-    Read by attribute so that extra fields on the view do not break the front door.
-    """
+def balance_to_proto(view: BalanceView) -> pb.GetBalanceResponse:
+    """The domain's balance view (billing.accounts.BalanceView) as the wire response."""
     msg = pb.GetBalanceResponse(
-        subscriber_id=subscriber_id,
-        account_id=getattr(view, "account_id", ""),
-        currency=getattr(view, "currency", ""),
+        subscriber_id=view.subscriber_id,
+        account_id=view.account_id,
+        currency=view.currency,
         balance_micros=view.balance_micros,
         reserved_micros=view.reserved_micros,
         available_micros=view.available_micros,
-        credit_limit_micros=getattr(view, "credit_limit_micros", 0),
+        credit_limit_micros=view.credit_limit_micros,
     )
-    for bucket in getattr(view, "buckets", ()):
+    for bucket in view.buckets:
         entry = msg.buckets.add(
             bucket_id=bucket.bucket_id,
             bundle_id=bucket.bundle_id,
             service=convert.service_kind_to_proto(bucket.service),
             units=bucket.units,
             reserved_units=bucket.reserved_units,
-            available_units=getattr(
-                bucket, "available_units", bucket.units - bucket.reserved_units
-            ),
-            priority=bucket.priority,
+            available_units=bucket.available_units,
+            priority=getattr(bucket, "priority", 0),
         )
-        if getattr(bucket, "valid_from", None) is not None:
-            entry.valid_from.CopyFrom(convert.datetime_to_timestamp(bucket.valid_from))
-        if getattr(bucket, "expires_at", None) is not None:
+        valid_from = getattr(bucket, "valid_from", None)
+        if valid_from is not None:
+            entry.valid_from.CopyFrom(convert.datetime_to_timestamp(valid_from))
+        if bucket.expires_at is not None:
             entry.expires_at.CopyFrom(convert.datetime_to_timestamp(bucket.expires_at))
     return msg
 
@@ -679,7 +676,8 @@ class AccountsService(pb_grpc.AccountsServicer):
             lambda: convert.subscriber_id_from_proto(request.subscriber_id), context
         )
         payload = await self._call(QueryRequest("balance", subscriber_id), context)
-        return balance_to_proto(subscriber_id, payload)
+        assert isinstance(payload, BalanceView), payload
+        return balance_to_proto(payload)
 
     async def TopUp(
         self, request: pb.TopUpRequest, context: grpc.aio.ServicerContext[Any, Any]
