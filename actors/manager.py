@@ -169,13 +169,26 @@ class ShardManager:
             self._owners = tuple(owners)
             return wanted
 
+    async def take_over_from(self, live: Sequence[str], dead: Sequence[str]) -> ShardMap:
+        """Failover (failover/takeover.py): rebalance over ``live`` without telling ``dead``.
+
+        A dead or frozen owner would never acknowledge the push (set_owners would wait for it);
+        the takers' epoch bumps fence it out instead, and it reloads the map when it comes back.
+        """
+        async with self._lock:
+            current = await self._current()
+            wanted = rebalance(current, list(live))
+            return await self._change(current, wanted, unreachable=frozenset(dead))
+
     async def move(self, assignments: Mapping[int, str]) -> ShardMap:
         """Move the given vshards to the given owners (a manual or planned move)."""
         async with self._lock:
             current = await self._current()
             return await self._change(current, current.with_assignments(dict(assignments)))
 
-    async def _change(self, current: ShardMap, wanted: ShardMap) -> ShardMap:
+    async def _change(
+        self, current: ShardMap, wanted: ShardMap, unreachable: frozenset[str] = frozenset()
+    ) -> ShardMap:
         if wanted is current or not moved_vshards(current, wanted):
             return current
         if not await self._store.save_shard_map(_record(wanted), expected_version=current.version):
@@ -185,7 +198,7 @@ class ShardManager:
                 f"{stored.version if stored else None}, expected {current.version})"
             )
         moves = moved_vshards(current, wanted)
-        givers = sorted({old for old, _ in moves.values()})
+        givers = sorted({old for old, _ in moves.values()} - unreachable)
         takers = sorted({new for _, new in moves.values()})
         # Givers drop first (their in-flight commit finishes), then takers bump epochs and load.
         await self._push(givers, wanted)
