@@ -239,12 +239,13 @@ def parse_plan(text: str, source: str) -> Plan:
         path = f"versions[{i}]"
         required = _VERSION_REQUIRED if i == 0 else _OWN_KEYS
         optional = (_VERSION_REQUIRED | _VERSION_OPTIONAL) - required
+        before = len(r.problems)
         own = r.mapping(raw, path, required, optional)
         if own is None:
             continue
         merged = {**inherited, **own}
         inherited = {k: v for k, v in merged.items() if k not in _OWN_KEYS}
-        version = _version(r, merged, path, plan_id or "?")
+        version = _version(r, merged, path, plan_id or "?", before)
         if version is not None:
             versions.append(version)
     for i in range(1, len(versions)):
@@ -258,9 +259,11 @@ def parse_plan(text: str, source: str) -> Plan:
     return Plan(plan_id, name, description, tuple(versions), source)
 
 
-def _version(r: _Reader, raw: dict[str, Any], path: str, plan_id: str) -> PlanVersion | None:
-    """Read one version (with inherited sections merged in); ``None`` if anything is wrong."""
-    before = len(r.problems)
+def _version(
+    r: _Reader, raw: dict[str, Any], path: str, plan_id: str, before: int
+) -> PlanVersion | None:
+    """Read one version (with inherited sections merged in); ``None`` if anything is wrong
+    (problems recorded since ``before``)."""
     p = path + "."
     number = r.integer(raw.get("version"), p + "version", minimum=1)
     effective = _instant(r, raw.get("effective_from"), p + "effective_from")
@@ -568,11 +571,11 @@ def _service(r: _Reader, value: object, path: str) -> ServiceTerms | None:
         "credit_control",
         "overuse",
     }
+    before = len(r.problems)
     spec = r.mapping(value, path, required, optional)
     if spec is None:
         return None
     p = path + "."
-    before = len(r.problems)
     service = r.choice(spec.get("service"), p + "service", ServiceKind)
     rgs = r.list_of(spec.get("rating_groups"), p + "rating_groups", lambda v, q: r.integer(v, q, 0))
     sids = r.list_of(
@@ -681,11 +684,11 @@ def _rate(
     groups: set[str] | None,
     zones: set[str],
 ) -> RateSpec | None:
+    before = len(r.problems)
     spec = r.mapping(value, path, _RATE_REQUIRED, _RATE_OPTIONAL)
     if spec is None:
         return None
     p = path + "."
-    before = len(r.problems)
     rate_id = r.name(spec.get("id"), p + "id")
     service = r.choice(spec.get("service"), p + "service", ServiceKind)
     rgs = r.list_of(
@@ -844,6 +847,7 @@ def _bundle(
     groups: set[str] | None,
     services: tuple[ServiceTerms, ...] | None,
 ) -> BundleSpec | None:
+    before = len(r.problems)
     spec = r.mapping(
         value,
         path,
@@ -853,7 +857,6 @@ def _bundle(
     if spec is None:
         return None
     p = path + "."
-    before = len(r.problems)
     bundle_id = r.name(spec.get("id"), p + "id")
     service = r.choice(spec.get("service"), p + "service", ServiceKind)
     units = r.integer(spec.get("units"), p + "units", 1)
