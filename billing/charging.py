@@ -202,7 +202,12 @@ def handle(
         version = plan.version_at(now)
     except (TariffError, RatingError, KeyError) as err:
         return _failure(request, ResultCode.RATING_FAILED, f"plan {plan_id!r}: {err}")
-    funds = funds_for(state, account, plan, version, request.destination, request.visited_plmn)
+    destination, visited_plmn = request.destination, request.visited_plmn
+    if session is not None:
+        # The called party is fixed when the session starts; the visited network may change.
+        destination = session.destination if session.destination is not None else destination
+        visited_plmn = visited_plmn if visited_plmn is not None else session.visited_plmn
+    funds = funds_for(state, account, plan, version, destination, visited_plmn)
     if kind is RequestType.INITIAL:
         return open_session(funds, request, request.subscriber_id, now)
     if kind is RequestType.EVENT:
