@@ -59,6 +59,7 @@ class Detector:
 
     failures_to_dead: int = 3
     dead_after_ms: int = 1500
+    restart_grace_ms: int = 5000
     _tracks: dict[str, _Track] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,9 +67,21 @@ class Detector:
             raise ValueError(f"failures_to_dead={self.failures_to_dead} must be >= 1")
         if self.dead_after_ms < 0:
             raise ValueError(f"dead_after_ms={self.dead_after_ms} must be >= 0")
+        if self.restart_grace_ms < self.dead_after_ms:
+            raise ValueError(
+                f"restart_grace_ms={self.restart_grace_ms} must be >= dead_after_ms"
+                f" ({self.dead_after_ms})"
+            )
 
-    def observe(self, owner: str, *, ok: bool, node_alive: bool, now_ms: int) -> Transition:
-        """Record one probe of ``owner`` at ``now_ms``; say what changed."""
+    def observe(
+        self, owner: str, *, ok: bool, node_alive: bool, now_ms: int, restarting: bool = False
+    ) -> Transition:
+        """Record one probe of ``owner`` at ``now_ms``; say what changed.
+
+        ``restarting``: Ray reports the actor as restarting on a live node (its process crashed):
+        Ray is already bringing it back with its vshards, so it gets ``restart_grace_ms`` rather
+        than ``dead_after_ms`` before its vshards are moved.
+        """
         track = self._tracks.setdefault(owner, _Track())
         was = track.verdict
         if ok and node_alive:
@@ -85,9 +98,8 @@ class Detector:
         if track.first_failure_ms is None:
             track.first_failure_ms = now_ms
         failing_for = now_ms - track.first_failure_ms
-        if not node_alive or (
-            track.failures >= self.failures_to_dead and failing_for >= self.dead_after_ms
-        ):
+        patience = self.restart_grace_ms if restarting else self.dead_after_ms
+        if not node_alive or (track.failures >= self.failures_to_dead and failing_for >= patience):
             track.verdict = Verdict.DEAD
             track.died_at_ms = now_ms
             return Transition.DIED
