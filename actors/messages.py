@@ -177,3 +177,4 @@ class OwnerStatus:
     loads: int  # how many times state was (re)loaded since the process started
     commits: int
     last_error: str
+    pid: int = 0  # the actor's process id (tests kill it to simulate a crash)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -183,6 +184,7 @@ class ShardOwner:
             loads=self._loads,
             commits=self._commits,
             last_error=self._last_error,
+            pid=os.getpid(),
         )
 
     async def submit(self, requests: Sequence[OwnerRequest]) -> list[OwnerReply]:
