@@ -23,6 +23,7 @@ def ray_cluster() -> Iterator[Any]:
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         ray.init(
+            address="local",  # always a new cluster: never join one another process started
             num_cpus=2,
             object_store_memory=100 * 1024 * 1024,
             namespace=RAY_NAMESPACE,
