@@ -61,6 +61,7 @@ def init_ray(
             ) from None
         return False
     ray.init(
+        address="local",  # always a new cluster here: joining one takes --address
         num_cpus=num_cpus if num_cpus is not None else max(os.cpu_count() or 2, 2),
         object_store_memory=object_store_mb * 1024 * 1024,
         namespace=namespace,
