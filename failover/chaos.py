@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 PLAN_ID = "payg"
 OPENING_MICROS = 20_000_000  # 20 EUR per subscriber
 PROBE_BUDGET_S = 60.0
+PROBE_ATTEMPT_S = 0.25  # one probe attempt; bounds how finely a recovery time is measured
 NODE_RESOURCE = "billing-chaos-node"
 
 
@@ -380,7 +381,7 @@ async def wait_served(
             attempt += 1
             try:
                 await stub.GetBalance(
-                    pb.GetBalanceRequest(subscriber_id=subscriber_id), timeout=0.5
+                    pb.GetBalanceRequest(subscriber_id=subscriber_id), timeout=PROBE_ATTEMPT_S
                 )
                 return (time.monotonic() - started) * 1000
             except grpc.aio.AioRpcError:

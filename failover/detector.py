@@ -8,9 +8,11 @@ its state managers the same way).
 
 Three ways an owner stops serving, and how each is seen:
 
-- its process crashed: Ray restarts it (``max_restarts=-1``) and it takes its own vshards back;
-  probes fail for well under a second, usually fewer than ``failures_to_dead`` in a row, so the
-  detector does nothing and no vshard moves;
+- its process crashed: Ray restarts it (``max_restarts=-1``) and it takes its own vshards back
+  when it is up again. Ray marks the actor RESTARTING at once; if that lasts longer than
+  ``restart_grace_ms`` the owner is DEAD and its vshards go to the surviving owners (a new worker
+  process needs seconds to start on a loaded machine; a takeover by a running owner needs tens
+  of milliseconds). When it answers again it is RETURNED and gets a share back;
 - its node was lost: Ray's GCS declares the node dead (tuned health checks: ~2 s); the monitor
   sees ``node_alive=False`` and the owner is DEAD at once: its vshards go to surviving owners;
 - it is frozen (SIGSTOP, a long pause, a partition): the process exists, so Ray sees nothing;
@@ -59,7 +61,7 @@ class Detector:
 
     failures_to_dead: int = 3
     dead_after_ms: int = 1500
-    restart_grace_ms: int = 5000
+    restart_grace_ms: int = 500
     _tracks: dict[str, _Track] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -67,20 +69,19 @@ class Detector:
             raise ValueError(f"failures_to_dead={self.failures_to_dead} must be >= 1")
         if self.dead_after_ms < 0:
             raise ValueError(f"dead_after_ms={self.dead_after_ms} must be >= 0")
-        if self.restart_grace_ms < self.dead_after_ms:
-            raise ValueError(
-                f"restart_grace_ms={self.restart_grace_ms} must be >= dead_after_ms"
-                f" ({self.dead_after_ms})"
-            )
+        if self.restart_grace_ms < 0:
+            raise ValueError(f"restart_grace_ms={self.restart_grace_ms} must be >= 0")
 
     def observe(
         self, owner: str, *, ok: bool, node_alive: bool, now_ms: int, restarting: bool = False
     ) -> Transition:
         """Record one probe of ``owner`` at ``now_ms``; say what changed.
 
-        ``restarting``: Ray reports the actor as restarting on a live node (its process crashed):
-        Ray is already bringing it back with its vshards, so it gets ``restart_grace_ms`` rather
-        than ``dead_after_ms`` before its vshards are moved.
+        ``restarting``: Ray reports the actor as restarting on a live node: its process is known
+        to be gone (no zombie doubt), so its vshards move after ``restart_grace_ms`` rather than
+        ``dead_after_ms``. A restart faster than the grace moves nothing; a slower one (a new
+        Python worker takes seconds to start on a loaded machine) would leave its vshards
+        unserved, while surviving owners can take them over in tens of milliseconds.
         """
         track = self._tracks.setdefault(owner, _Track())
         was = track.verdict
@@ -98,8 +99,11 @@ class Detector:
         if track.first_failure_ms is None:
             track.first_failure_ms = now_ms
         failing_for = now_ms - track.first_failure_ms
-        patience = self.restart_grace_ms if restarting else self.dead_after_ms
-        if not node_alive or (track.failures >= self.failures_to_dead and failing_for >= patience):
+        if (
+            not node_alive
+            or (restarting and failing_for >= self.restart_grace_ms)
+            or (track.failures >= self.failures_to_dead and failing_for >= self.dead_after_ms)
+        ):
             track.verdict = Verdict.DEAD
             track.died_at_ms = now_ms
             return Transition.DIED

@@ -4,8 +4,9 @@ What happens on each kind of failure (DESIGN.md sections 5 and 7):
 
 - **Owner process crash.** Ray restarts the actor (``max_restarts=-1``) under the same name; its
   ``__init__`` asks the manager for the map and takes its own vshards back (epoch bump, bulk
-  load). The map does not change. The monitor sees the actor RESTARTING on a live node and gives
-  Ray ``restart_grace_ms`` before stepping in.
+  load). A new worker process needs seconds to start on a loaded machine, so when Ray reports
+  the actor RESTARTING for longer than ``restart_grace_ms`` the monitor hands its vshards to the
+  running owners (tens of milliseconds) and gives it a share back once it answers again.
 - **Node loss.** Ray's GCS declares the node dead after the health checks
   (:mod:`failover.config`); the monitor sees the owner's node dead and at once asks the manager
   to rebalance the owner's vshards onto the owners that are left, *without* waiting for the dead
@@ -56,7 +57,7 @@ class MonitorConfig:
     probe_timeout_ms: int = 400
     failures_to_dead: int = 3
     dead_after_ms: int = 1500
-    restart_grace_ms: int = 5000
+    restart_grace_ms: int = 0
     manager_call_timeout_s: float = 60.0
     namespace: str = NAMESPACE
     manager_name: str = MANAGER_NAME
@@ -65,10 +66,10 @@ class MonitorConfig:
         for name in ("period_ms", "probe_timeout_ms", "failures_to_dead"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.dead_after_ms < 0 or self.restart_grace_ms < self.dead_after_ms:
+        if self.dead_after_ms < 0 or self.restart_grace_ms < 0:
             raise ValueError(
-                f"need 0 <= dead_after_ms ({self.dead_after_ms}) <= restart_grace_ms"
-                f" ({self.restart_grace_ms})"
+                f"dead_after_ms ({self.dead_after_ms}) and restart_grace_ms"
+                f" ({self.restart_grace_ms}) must be >= 0"
             )
 
     @classmethod
@@ -79,7 +80,7 @@ class MonitorConfig:
             probe_timeout_ms=settings.health_check_timeout_ms,
             failures_to_dead=settings.health_check_failure_threshold,
             dead_after_ms=settings.node_loss_detection_ms,
-            restart_grace_ms=max(5000, settings.node_loss_detection_ms),
+            restart_grace_ms=0,
             namespace=settings.namespace,
         )
 
@@ -216,7 +217,14 @@ class FailoverMonitor:
         self._watched.update(current.owners)
         infos, gone_nodes = await asyncio.to_thread(lambda: (actor_infos(), dead_nodes()))
         names = sorted(self._watched)
-        results = await asyncio.gather(*(self._ping(n) for n in names))
+
+        async def probe(name: str) -> bool:
+            info = infos.get(name)
+            if info is not None and info.state in _WAITING_STATES:
+                return False  # Ray knows it is down: a ping would only wait for the timeout
+            return await self._ping(name)
+
+        results = await asyncio.gather(*(probe(n) for n in names))
         now = time.time()
         now_ms = int(time.monotonic() * 1000)
         died: list[str] = []
