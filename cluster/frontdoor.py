@@ -313,7 +313,8 @@ class Dispatcher:
                 self.stats.overloaded += 1
                 raise Overloaded(str(full)) from None
             try:
-                reply: OwnerReply = await asyncio.wait_for(future, remaining)
+                async with asyncio.timeout(remaining):  # no extra task, unlike wait_for
+                    reply: OwnerReply = await future
             except TimeoutError:
                 if last_unavailable:
                     raise NoDurableAnswer(last_unavailable) from None
