@@ -75,6 +75,18 @@ class BandTable:
             else (_FAR_PAST, _FAR_FUTURE, default_band)
         ]
 
+    def _key(self) -> tuple[object, ...]:
+        return (self.tz.key, self.default_band, self._days, self.holidays)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BandTable) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"BandTable(tz={self.tz.key!r}, bands={self.bands!r})"
+
     def band_at(self, at: datetime) -> str:
         """The band in force at the aware instant ``at``."""
         if self.constant:

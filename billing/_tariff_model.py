@@ -217,7 +217,7 @@ class Plan:
     name: str
     description: str
     versions: tuple[PlanVersion, ...]
-    source: str = ""
+    source: str = field(default="", compare=False)  # where it was loaded from, for messages
 
     def version_at(self, at: datetime) -> PlanVersion:
         """The version in force at ``at``: the last one with ``effective_from <= at``."""

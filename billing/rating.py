@@ -360,15 +360,15 @@ def _cost(spec: RateSpec, units: int, price: int) -> int:
 def _reserve(cases: list[_Worst], validity: int, units: int) -> int:
     """The worst case for ``units`` among the cases reachable by a window of that many units.
 
-    A band that starts ``offset`` seconds in is reachable by units starting before the validity
-    ends and running on: when ``offset <= validity + units`` (time units) or ``<= validity``
-    (offsets are whole seconds rounded down, so the test errs on the safe side)."""
+    Usage may start until the validity ends. A band starting ``offset`` seconds in (rounded
+    down) is reachable by a slot of time units when ``offset < validity + units`` (the last slot
+    starts at most ``validity + units - 1`` seconds in); otherwise, and for a new version, when
+    the usage can start in it: ``offset <= validity``."""
     if units <= 0:
         return 0
     worst = 0
     for case in cases:
-        limit = validity + units if case.grows else validity
-        if case.offset_s <= limit:
+        if case.offset_s < validity + units if case.grows else case.offset_s <= validity:
             worst = max(worst, _cost(case.spec, units, case.price))
     return worst
 
