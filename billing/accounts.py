@@ -262,7 +262,6 @@ def provision_subscriber(
         poster = Poster(state, f"open:{own_id}", now)
         poster.money(account, EntryKind.OPENING, initial_balance_micros, note=plan.plan_id)
         if version.bundles:
-            bucket_ids = state.buckets_by_account.setdefault(own_id, [])
             for spec in version.bundles:
                 bucket = Bucket(
                     bucket_id=f"{own_id}/{spec.bundle_id}@{now:%Y%m%dT%H%M%S}",
@@ -280,8 +279,7 @@ def provision_subscriber(
                     if spec.validity_days is None
                     else now + timedelta(days=spec.validity_days),
                 )
-                state.buckets[bucket.bucket_id] = bucket
-                bucket_ids.append(bucket.bucket_id)
+                index_bucket(state, bucket)
                 poster.units(
                     account, bucket, EntryKind.BUCKET_GRANT, spec.units, note=spec.bundle_id
                 )
@@ -371,14 +369,22 @@ def apply_balance(state: ShardState, command: BalanceCommand, *, now: datetime) 
 
 
 def account_buckets(state: ShardState, account_id: str) -> list[Bucket]:
-    """The account's buckets in consumption order: priority, then earliest expiry, then id."""
+    """The account's buckets in consumption order (``buckets_by_account`` is kept sorted)."""
     ids = state.buckets_by_account.get(account_id)
     if not ids:
         return []
-    buckets = [state.buckets[i] for i in ids]
-    if len(buckets) > 1:
-        buckets.sort(key=_consumption_key)
-    return buckets
+    buckets = state.buckets
+    return [buckets[i] for i in ids]
+
+
+def index_bucket(state: ShardState, bucket: Bucket) -> None:
+    """Add ``bucket`` to the state and to its account's list, keeping consumption order:
+    lowest priority first, then earliest expiry, then id. Loaders must add buckets this way."""
+    state.buckets[bucket.bucket_id] = bucket
+    ids = state.buckets_by_account.setdefault(bucket.account_id, [])
+    ids.append(bucket.bucket_id)
+    if len(ids) > 1:
+        ids.sort(key=lambda i: _consumption_key(state.buckets[i]))
 
 
 def _consumption_key(bucket: Bucket) -> tuple[int, float, str]:

@@ -73,6 +73,16 @@ _UNIT_FIELDS = (
 
 
 def _check_units(units: Units, where: str) -> str | None:
+    values = (
+        units.time_s,
+        units.total_octets,
+        units.input_octets,
+        units.output_octets,
+        units.service_units,
+        units.money_micros,
+    )
+    if min(values) >= 0 and max(values) <= MAX_UNITS:
+        return None
     for name in _UNIT_FIELDS:
         value = getattr(units, name)
         if not 0 <= value <= MAX_UNITS:
@@ -144,7 +154,8 @@ def handle(
     Failures before the request reaches an account (5002, 5004, 5005, 5030, 5031 for the plan,
     5012) change nothing and are not stored; every other answer is stored for idempotency.
     """
-    stored = state.answers.get(request.idempotency_key)
+    key = request.idempotency_key
+    stored = state.answers.get(key)
     if stored is not None:
         return stored
     problem = validate(request)
@@ -207,7 +218,7 @@ def handle(
         # The called party is fixed when the session starts; the visited network may change.
         destination = session.destination if session.destination is not None else destination
         visited_plmn = visited_plmn if visited_plmn is not None else session.visited_plmn
-    funds = funds_for(state, account, plan, version, destination, visited_plmn)
+    funds = funds_for(state, key, account, plan, version, destination, visited_plmn)
     if kind is RequestType.INITIAL:
         return open_session(funds, request, request.subscriber_id, now)
     if kind is RequestType.EVENT:

@@ -45,7 +45,7 @@ def handle_event(funds: Funds, request: CreditControlRequest, now: datetime) -> 
     at = request.event_time
     poster = Poster(
         state,
-        request.idempotency_key,
+        funds.key,
         now,
         session_id=request.session_id,
         request_number=request.request_number,
@@ -136,7 +136,7 @@ def handle_event(funds: Funds, request: CreditControlRequest, now: datetime) -> 
         if funds.rated_only
         else account.balance_micros - account.reserved_micros,
     )
-    store_answer(state, request.idempotency_key, account.vshard, answer, now)
+    store_answer(state, funds.key, account.vshard, answer, now)
     return answer
 
 

@@ -24,12 +24,23 @@ from datetime import datetime, timedelta
 
 from billing.accounts import Poster, account_buckets, available_micros, money_floor
 from billing.protocol import PaymentMode, ServiceKind
-from billing.rating import UsageEvent, affordable_units, rate, reservation_price
+from billing.rating import (
+    UsageEvent,
+    affordable_units,
+    next_tariff_switch,
+    rate,
+    reservation_price,
+)
 from billing.state import Account, Bucket, EntryKind, Reservation, ShardState
 from billing.tariff import Plan, PlanVersion, ServiceTerms
 
 _ONE_SECOND = timedelta(seconds=1)
-_TIERED: dict[tuple[str, int, ServiceKind], bool] = {}  # (plan, version, service) -> has tiers
+# id(plan version) -> (that version, the services it prices with volume tiers)
+_TIERED: dict[int, tuple[PlanVersion, frozenset[ServiceKind]]] = {}
+_SWITCH_HORIZON = timedelta(hours=6)
+# (plan id, service) -> (from, horizon, first switch in (from, horizon) or None): one answer of
+# rating.next_tariff_switch over a long window, reused while it still decides a shorter one.
+_SWITCHES: dict[tuple[str, ServiceKind], tuple[Plan, datetime, datetime, datetime | None]] = {}
 
 
 @dataclass(slots=True)
@@ -37,6 +48,7 @@ class Funds:
     """How one request may spend one account, resolved once per request."""
 
     state: ShardState
+    key: str  # the request's idempotency key
     account: Account
     plan: Plan
     version: PlanVersion
@@ -63,18 +75,18 @@ class Funds:
     def tiered(self, service: ServiceKind) -> bool:
         """True when a rate of ``service`` has volume tiers, so a cycle counter is kept."""
         version = self.version
-        key = (version.plan_id, version.version, service)
-        known = _TIERED.get(key)
-        if known is None:
-            known = any(len(r.tier_starts) > 1 for r in version.rates if r.service is service)
+        known = _TIERED.get(id(version))
+        if known is None or known[0] is not version:
+            tiers = frozenset(r.service for r in version.rates if len(r.tier_starts) > 1)
             if len(_TIERED) > 4096:
                 _TIERED.clear()
-            _TIERED[key] = known
-        return known
+            known = _TIERED[id(version)] = (version, tiers)
+        return service in known[1]
 
 
 def funds_for(
     state: ShardState,
+    key: str,
     account: Account,
     plan: Plan,
     version: PlanVersion,
@@ -85,6 +97,7 @@ def funds_for(
     rated_only = account.payment_mode is PaymentMode.RATED_ONLY
     return Funds(
         state=state,
+        key=key,
         account=account,
         plan=plan,
         version=version,
@@ -152,9 +165,12 @@ def reserve(
                 destination=funds.destination,
                 visited_plmn=funds.visited_plmn,
             )
-            affordable = affordable_units(usage, funds.plan, budget, at=now)
-            if affordable:
-                if affordable != left:
+            money = reservation_price(usage, funds.plan, at=now)
+            affordable = left
+            if money > budget:  # only then search for what the budget covers
+                affordable = affordable_units(usage, funds.plan, budget, at=now)
+                money = 0
+                if affordable:
                     usage = UsageEvent(
                         service=service,
                         units=affordable,
@@ -163,9 +179,9 @@ def reserve(
                         destination=funds.destination,
                         visited_plmn=funds.visited_plmn,
                     )
-                money = reservation_price(usage, funds.plan, at=now)
-                assert 0 <= money <= budget, "a hold must fit what is available"
-                left -= affordable
+                    money = reservation_price(usage, funds.plan, at=now)
+            assert 0 <= money <= budget, "a hold must fit what is available"
+            left -= affordable
     validity = terms.validity_time_s
     held: dict[str, int] = {}
     pending = funds.state.pending
@@ -315,3 +331,29 @@ def charge(
     """Price and debit reported usage; see :func:`price_usage` and :func:`apply_usage`."""
     priced = price_usage(funds, terms, rating_group, parts)
     return apply_usage(funds, poster, terms, rating_group, priced)
+
+
+def tariff_switch(
+    plan: Plan, service: ServiceKind, start: datetime, until: datetime
+) -> datetime | None:
+    """``rating.next_tariff_switch(plan, service, start, until)``, memoised per plan and service.
+
+    One long window ``(s0, s0 + 6 h)`` is asked once; while ``start`` stays at or after ``s0`` and
+    before its first switch (or, with no switch, while ``until`` stays inside it) the answer for
+    ``(start, until)`` follows exactly: no switch lies in ``(s0, first)``.
+    """
+    key = (plan.plan_id, service)
+    known = _SWITCHES.get(key)
+    if known is not None and known[0] is plan:
+        _, since, horizon, first = known
+        if since <= start:
+            if first is not None and start < first:
+                return first if first < until else None
+            if first is None and until <= horizon:
+                return None
+    horizon = start + _SWITCH_HORIZON
+    first = next_tariff_switch(plan, service, start, max(horizon, until))
+    if len(_SWITCHES) > 4096:
+        _SWITCHES.clear()
+    _SWITCHES[key] = (plan, start, max(horizon, until), first)
+    return first if first is not None and first < until else None

@@ -31,8 +31,8 @@ from billing.protocol import (
     TariffChangeUsage,
     Units,
 )
-from billing.quota import Funds, charge, release, reserve
-from billing.rating import RatingError, next_tariff_switch
+from billing.quota import Funds, charge, release, reserve, tariff_switch
+from billing.rating import RatingError
 from billing.state import Account, Session, ShardState
 from billing.tariff import PlanVersion, ServiceTerms
 
@@ -172,7 +172,7 @@ def session_entry(
         )
     session.reservations[key] = reservation
     validity = int((reservation.expires_at - now).total_seconds())
-    switch_at = next_tariff_switch(funds.plan, terms.service, now, reservation.expires_at)
+    switch_at = tariff_switch(funds.plan, terms.service, now, reservation.expires_at)
     reservation.tariff_switch_at = switch_at
     final = None
     if granted < wanted:
@@ -218,7 +218,7 @@ def run_session_request(
     """Apply one INITIAL/UPDATE/TERMINATION to ``session``: every entry, then the answer."""
     poster = Poster(
         funds.state,
-        request.idempotency_key,
+        funds.key,
         now,
         session_id=request.session_id,
         request_number=request.request_number,
@@ -267,7 +267,7 @@ def open_session(
         state.pending.sessions[session.session_id] = session
     else:
         end_session(state, account, session)
-    store_answer(state, request.idempotency_key, account.vshard, answer, now)
+    store_answer(state, funds.key, account.vshard, answer, now)
     return answer
 
 
@@ -286,7 +286,7 @@ def continue_session(
         if request.request_number >= session.next_request_number:
             session.next_request_number = request.request_number + 1
         state.pending.sessions[session.session_id] = session
-    store_answer(state, request.idempotency_key, session.vshard, answer, now)
+    store_answer(state, funds.key, session.vshard, answer, now)
     return answer
 
 

@@ -1,0 +1,153 @@
+"""In-process throughput of the pure charging domain on one core (no Ray, gRPC or database).
+
+Workload: N subscribers spread over the payg, postpaid-monthly and hybrid templates; each runs one
+voice session (INITIAL, 3 UPDATEs, TERMINATION), one data session (INITIAL, 4 UPDATEs,
+TERMINATION) and one SMS session (INITIAL, TERMINATION), interleaved across subscribers the way
+an owner sees them. Requests are built before the clock starts; the timed loop is ``handle()``
+plus ``take_changes()`` every 100 requests (one owner batch). Baselines measured in the same run:
+a trivial dict-update loop over the same number of requests, and rating alone (``rate()`` of one
+usage per request), so the ratios show what charging costs beyond pricing.
+
+    .venv/bin/python benchmarks/bench_domain.py [--subscribers 10000] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+
+from billing.charging import handle, provision_subscriber
+from billing.protocol import CreditControlRequest, RequestType, ServiceKind
+from billing.rating import UsageEvent, rate
+from billing.scenario import entry
+from billing.state import ShardState
+from billing.tariff import builtin_catalog
+
+START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+PLANS = ("payg", "postpaid-monthly", "hybrid")
+EUR = 1_000_000
+
+
+def build(subscribers: int) -> tuple[ShardState, list[tuple[datetime, CreditControlRequest]]]:
+    """A fresh state with ``subscribers`` provisioned, and the timed workload in arrival order."""
+    catalog = builtin_catalog()
+    state = ShardState()
+    for i in range(subscribers):
+        plan = PLANS[i % len(PLANS)]
+        provision_subscriber(
+            state,
+            subscriber_id=f"sub-{i:07d}",
+            vshard=i % 1024,
+            plan=catalog.get(plan),
+            payment_mode=None,
+            initial_balance_micros=50 * EUR if plan != "postpaid-monthly" else 0,
+            credit_limit_micros=100 * EUR if plan != "payg" else 0,
+            currency=None,
+            now=START,
+        )
+    state.take_changes()
+    # Per subscriber, three sessions as lists of (seconds after start, request).
+    timeline: list[tuple[int, int, CreditControlRequest]] = []
+    for i in range(subscribers):
+        sub = f"sub-{i:07d}"
+        t0 = i % 600
+        scripts = [
+            ("v", 100, 120, [60, 120, 120], 30),
+            ("d", 10, 2_000_000, [1_500_000, 2_000_000, 2_000_000, 1_000_000], 500_000),
+            ("m", 200, 1, [], 1),
+        ]
+        for tag, rg, ask, updates, last in scripts:
+            sid = f"{sub}-{tag}"
+
+            def req(kind: RequestType, n: int, at: int, *services: object) -> None:
+                timeline.append(
+                    (
+                        at,
+                        len(timeline),
+                        CreditControlRequest(
+                            session_id=sid,  # noqa: B023
+                            request_type=kind,
+                            request_number=n,
+                            subscriber_id=sub,  # noqa: B023
+                            event_time=START + timedelta(seconds=at),
+                            services=services,  # type: ignore[arg-type]
+                            destination="33140000000",
+                        ),
+                    )
+                )
+
+            req(RequestType.INITIAL, 0, t0, entry(rg, request=ask))
+            at = t0
+            for n, used in enumerate(updates, start=1):
+                at += 60
+                req(RequestType.UPDATE, n, at, entry(rg, request=ask, used=used))
+            req(RequestType.TERMINATION, len(updates) + 1, at + 30, entry(rg, used=last))
+    timeline.sort(key=lambda item: (item[0], item[1]))
+    return state, [(START + timedelta(seconds=at), request) for at, _, request in timeline]
+
+
+def run_domain(subscribers: int) -> tuple[float, int, int]:
+    """Seconds for the whole workload, requests, and how many were not successes."""
+    catalog = builtin_catalog()
+    state, work = build(subscribers)
+    failures = 0
+    begin = time.process_time()
+    for i, (now, request) in enumerate(work):
+        answer = handle(state, request, now=now, catalog=catalog)
+        if answer.result_code != 2001:
+            failures += 1
+        if i % 100 == 99:
+            state.take_changes()
+    elapsed = time.process_time() - begin
+    assert not state.sessions, "every session terminated"
+    return elapsed, len(work), failures
+
+
+def run_dict_baseline(requests: int) -> float:
+    balances = {f"sub-{i:07d}": 0 for i in range(max(1, requests // 12))}
+    keys = list(balances) * 13
+    begin = time.process_time()
+    for i in range(requests):
+        key = keys[i]
+        balances[key] = balances[key] - 1
+    return time.process_time() - begin
+
+
+def run_rating_baseline(requests: int) -> float:
+    plan = builtin_catalog().get("payg")
+    usages = [
+        UsageEvent(ServiceKind.VOICE, 120, START, 100, "33140000000"),
+        UsageEvent(ServiceKind.DATA, 2_000_000, START, 10, None),
+        UsageEvent(ServiceKind.SMS, 1, START, 200, "33140000000"),
+    ]
+    begin = time.process_time()
+    for i in range(requests):
+        rate(usages[i % 3], plan)
+    return time.process_time() - begin
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--subscribers", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    domain, dict_rates, rating_rates = [], [], []
+    requests = failures = 0
+    for _ in range(args.runs):
+        elapsed, requests, failures = run_domain(args.subscribers)
+        domain.append(requests / elapsed)
+        dict_rates.append(requests / run_dict_baseline(requests))
+        rating_rates.append(requests / run_rating_baseline(requests))
+    d, b, r = (statistics.median(x) for x in (domain, dict_rates, rating_rates))
+    print(
+        f"subscribers {args.subscribers}, requests per run {requests}, non-2001 answers {failures}"
+    )
+    print(f"domain (handle)     {d:12,.0f} requests/s  (median of {args.runs})")
+    print(f"baseline rate()     {r:12,.0f} ratings/s   domain/rating = {d / r:.2f}")
+    print(f"baseline dict loop  {b:12,.0f} updates/s   domain/dict   = {d / b:.4f}")
+
+
+if __name__ == "__main__":
+    main()
