@@ -369,12 +369,17 @@ def apply_balance(state: ShardState, command: BalanceCommand, *, now: datetime) 
 
 
 def account_buckets(state: ShardState, account_id: str) -> list[Bucket]:
-    """The account's buckets in consumption order (``buckets_by_account`` is kept sorted)."""
+    """The account's buckets in consumption order: lowest priority first, then earliest expiry,
+    then id. The index is re-sorted in place, so a loader may fill it in any order."""
     ids = state.buckets_by_account.get(account_id)
     if not ids:
         return []
     buckets = state.buckets
-    return [buckets[i] for i in ids]
+    found = [buckets[i] for i in ids]
+    if len(found) > 1:
+        found.sort(key=_consumption_key)
+        ids[:] = [b.bucket_id for b in found]
+    return found
 
 
 def index_bucket(state: ShardState, bucket: Bucket) -> None:

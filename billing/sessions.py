@@ -279,7 +279,6 @@ def continue_session(
     answer = run_session_request(funds, session, request, now)
     if request.request_type is RequestType.TERMINATION:
         end_session(state, funds.account, session)
-        state.pending.ended_sessions[session.session_id] = session.vshard
     else:
         session.last_seen_at = now
         session.expires_at = now + orphan_span(funds.version)

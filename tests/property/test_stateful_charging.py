@@ -173,7 +173,7 @@ class ChargingMachine(RuleBasedStateMachine):
             answer = self._send(
                 sc_request(self.sc, RequestType.UPDATE, sid, 99, "pre", rg, 1, None)
             )
-            assert answer.result_code is ResultCode.UNKNOWN_SESSION_ID or (answer.session_id == sid)
+            assert answer.result_code is ResultCode.UNKNOWN_SESSION_ID
             return
         if session.skipped and not skip:
             number = session.skipped.pop()  # a late, out-of-order update

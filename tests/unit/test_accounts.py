@@ -12,7 +12,7 @@ from billing.ledger import audit
 from billing.protocol import BalanceCommand, PaymentMode
 from billing.scenario import Scenario, entry
 from billing.state import EntryKind, ShardState
-from billing.tariff import builtin_catalog
+from billing.tariff import builtin_catalog, load_plan, template_text
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 EUR = 1_000_000
@@ -261,3 +261,23 @@ def test_expire_buckets_removes_expired_units_with_journal_lines(sc: Scenario) -
     assert len(expire_buckets(sc.state, now=sc.now + timedelta(days=30))) == 1
     sc.collect()
     assert sc.state.buckets == {} and sc.state.buckets_by_account == {}
+
+
+def test_buckets_are_consumed_by_priority_whatever_the_index_order() -> None:
+    text = template_text("postpaid-monthly").replace("plan_id: postpaid-monthly", "plan_id: pm-x")
+    text = text.replace(
+        "      - {id: sms-500, service: sms, units: 500, validity_days: 30, priority: 10}",
+        "      - {id: sms-500, service: sms, units: 500, validity_days: 30, priority: 10}\n"
+        "      - {id: sms-promo, service: sms, units: 3, validity_days: 7, priority: 5}",
+    )
+    catalog = CATALOG.with_plan(load_plan(text, source="pm-x"))
+    sc = Scenario(catalog=catalog, now=NOW)
+    sc.subscriber("bob", "pm-x", credit_limit=EUR)
+    sc.state.buckets_by_account["bob"].reverse()  # as a loader might list them
+    by_bundle = {b.bundle_id: b for b in sc.state.buckets.values()}
+    sc.initial("s1", "bob", entry(200, request=5))
+    assert by_bundle["sms-promo"].reserved_units == 3
+    assert by_bundle["sms-500"].reserved_units == 2
+    sc.terminate("s1", 1, "bob", entry(200, used=4))
+    assert (by_bundle["sms-promo"].units, by_bundle["sms-500"].units) == (0, 499)
+    assert audit(sc.state, sc.journal) == []

@@ -673,3 +673,16 @@ def test_started_at_and_timestamps(sc: Scenario) -> None:
     sc.initial("s1", "alice", entry(100, request=0))
     session = sc.state.sessions["s1"]
     assert session.started_at == PEAK and session.expires_at == PEAK + timedelta(hours=2)
+
+
+def test_final_unit_action_restrict_access_from_the_plan() -> None:
+    text = template_text("payg").replace("plan_id: payg", "plan_id: payg-r")
+    text = text.replace("final_unit_action: terminate", "final_unit_action: restrict_access", 1)
+    catalog = builtin_catalog().with_plan(load_plan(text, source="payg-r"))
+    sc = Scenario(catalog=catalog, now=PEAK)
+    sc.subscriber("alice", "payg-r", balance=100_000)
+    grant = sc.initial("s1", "alice", entry(100, request=0)).services[0]
+    assert grant.granted == Units(time_s=60)
+    assert grant.final_unit is not None
+    assert grant.final_unit.action is FinalUnitAction.RESTRICT_ACCESS
+    assert grant.final_unit.redirect_address is None
