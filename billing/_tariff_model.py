@@ -9,8 +9,10 @@ destination group and zone) are memoised per version; the memo holds immutable v
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from itertools import pairwise
 
 from billing._tariff_bands import BandTable
 from billing._tariff_errors import RatingError
@@ -76,6 +78,17 @@ class RateSpec:
     tier_starts: tuple[int, ...]
     tier_prices: tuple[dict[str, int], ...]
     band_sensitive: bool
+    rounding_name: str = field(default="", init=False, compare=False, repr=False)
+    top_price: int = field(default=0, init=False, compare=False, repr=False)
+    top_by_band: dict[str, int] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Derived once: the rounding's name for items, and the highest price of any tier (per
+        # band and overall) for worst-case reservations.
+        object.__setattr__(self, "rounding_name", self.rounding.value)
+        object.__setattr__(self, "top_price", max(max(t.values()) for t in self.tier_prices))
+        for band in self.tier_prices[0]:
+            self.top_by_band[band] = max(t[band] for t in self.tier_prices)
 
     def charged_units(self, units: int) -> int:
         """``units`` rounded up to the increment grid: the initial increment, then subsequent
@@ -135,7 +148,7 @@ class PlanVersion:
     _prefix_lengths: tuple[int, ...] = field(default=(), compare=False, repr=False)
     _terms_by_rg: dict[int, ServiceTerms] = field(default_factory=dict, compare=False, repr=False)
     _terms_by_si: dict[int, ServiceTerms] = field(default_factory=dict, compare=False, repr=False)
-    _rate_memo: dict[tuple[ServiceKind, int | None, str | None, str], RateSpec | None] = field(
+    _rate_memo: dict[tuple[str, int | None, str | None, str], RateSpec | None] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -199,7 +212,7 @@ class PlanVersion:
         self, service: ServiceKind, rating_group: int | None, group: str | None, zone: str
     ) -> RateSpec | None:
         """The first rate in file order matching service, rating group, group and zone."""
-        key = (service, rating_group, group, zone)
+        key = (service._value_, rating_group, group, zone)  # Enum.__hash__ is slow Python
         memo = self._rate_memo
         if key in memo:
             return memo[key]
@@ -218,13 +231,21 @@ class Plan:
     description: str
     versions: tuple[PlanVersion, ...]
     source: str = field(default="", compare=False)  # where it was loaded from, for messages
+    _starts: tuple[datetime, ...] = field(default=(), init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # In UTC: comparing datetimes of different tzinfo objects is ~20x slower than of one.
+        starts = tuple(v.effective_from.astimezone(UTC) for v in self.versions)
+        if not starts or any(a >= b for a, b in pairwise(starts)):
+            raise ValueError(f"plan {self.plan_id!r}: versions must be sorted by effective_from")
+        object.__setattr__(self, "_starts", starts)
 
     def version_at(self, at: datetime) -> PlanVersion:
         """The version in force at ``at``: the last one with ``effective_from <= at``."""
+        i = bisect_right(self._starts, at)
+        if i:
+            return self.versions[i - 1]
         versions = self.versions
-        for i in range(len(versions) - 1, -1, -1):
-            if versions[i].effective_from <= at:
-                return versions[i]
         raise RatingError(
             "at",
             f"plan {self.plan_id!r} has no version effective at {at.isoformat()} "

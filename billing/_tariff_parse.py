@@ -717,6 +717,7 @@ def _rate(
         r.fail(p + "description", f"must be a string, got {_kind(description)}")
     starts: list[int] = [0]
     prices: list[dict[str, int]] = []
+    complete = True
     base = _price(r, spec.get("price"), p + "price", bands)
     if base is not None:
         prices.append(base)
@@ -732,8 +733,10 @@ def _rate(
         if start is not None and tier_price is not None:
             starts.append(start)
             prices.append(tier_price)
-    if len(r.problems) > before:
-        return None
+        else:
+            complete = False
+    if len(r.problems) > before or base is None or not complete:
+        return None  # a price depending on a bad time_bands section is reported there
     assert rate_id and service and rgs is not None and dgs is not None and zs is not None
     assert unit and first and step and connect is not None and minimum is not None and rounding
     sensitive = any(len(set(tier.values())) > 1 for tier in prices)

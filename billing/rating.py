@@ -143,10 +143,6 @@ def _resolve(
     return spec, terms, group, zone
 
 
-def _is_timed(terms: ServiceTerms | None, service: ServiceKind) -> bool:
-    return terms.unit == "time_s" if terms is not None else service is ServiceKind.VOICE
-
-
 def _check(usage: UsageEvent) -> None:
     if usage.start.tzinfo is None:
         raise RatingError("start", "usage start must be an aware datetime (with a UTC offset)")
@@ -161,31 +157,37 @@ def rate(
 
     Zero units cost nothing (no connect fee, no minimum): nothing was used.
     """
-    _check(usage)
+    start = usage.start
+    units = usage.units
+    if start.tzinfo is None or units < 0:
+        _check(usage)
     if cycle_units_before < 0:
         raise RatingError("cycle_units_before", f"must not be negative, got {cycle_units_before}")
-    version = plan.version_at(usage.start if at is None else at)
+    version = plan.version_at(start if at is None else at)
     spec, terms, group, zone = _resolve(usage, version)
-    units = usage.units
     if units == 0:
         return Rating(0, (), plan.plan_id, version.version, group, zone, usage.service)
-    timed = _is_timed(terms, usage.service)
+    timed = terms.unit == "time_s" if terms is not None else usage.service is ServiceKind.VOICE
     if timed and units > MAX_TIME_UNITS:
         raise RatingError("units", f"time usage of {units}s exceeds {MAX_TIME_UNITS}s per event")
     charged = spec.charged_units(units)
     table = version.bands
-    rounding = spec.rounding
     rid = spec.rate_id
     if timed and spec.band_sensitive and not table.constant:
-        parts = _band_parts(spec, table.segment, usage.start, units, charged)
+        _, seg_end, band = table.segment(start)
+        delta = seg_end - start
+        if delta.days * 86_400 + delta.seconds >= units:  # ends in the band it starts in
+            parts = [(band, charged)]
+        else:
+            parts = _band_parts(spec, table.segment, start, units, charged)
     else:
-        parts = [(table.band_at(usage.start), charged)]
+        parts = [(table.band_at(start), charged)]
     starts = spec.tier_starts
     items: list[RatedItem] = []
     if len(parts) == 1 and len(starts) == 1:  # the common case: one band, one tier
         band = parts[0][0]
-        rated = divide(charged * spec.tier_prices[0][band], spec.rate_unit, rounding)
-        items.append(RatedItem(rid, band, units, charged, rated, rounding.value))
+        rated = divide(charged * spec.tier_prices[0][band], spec.rate_unit, spec.rounding)
+        items.append(RatedItem(rid, band, units, charged, rated, spec.rounding_name))
     else:
         rated = _tiered(spec, parts, units, cycle_units_before, items)
     cost = rated
@@ -266,7 +268,7 @@ def _tiered(
             used = max(0, min(piece_end, units) - pos)
             note = f"tier {k}" if len(starts) > 1 else ""
             items.append(
-                RatedItem(spec.rate_id, band, used, n, rounded - total, rounding.value, note)
+                RatedItem(spec.rate_id, band, used, n, rounded - total, spec.rounding_name, note)
             )
             total = rounded
             pos = piece_end
@@ -276,46 +278,56 @@ def _tiered(
 # --- worst case for grants -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Worst:
-    """A price that some usage in a grant's window may be rated at: ``spec`` at ``price`` micros
-    per rate unit, reachable when the window extends beyond ``offset_s`` (``grows``: the window
-    grows with the units, for time-based units)."""
-
-    offset_s: int
-    grows: bool
-    spec: RateSpec
-    price: int
+# A price some usage in a grant's window may be rated at: (offset_s, grows, rate, price per rate
+# unit). It is reachable when the window extends beyond ``offset_s`` seconds; ``grows``: the
+# window grows with the units (a band change reached by the time units running on).
+_Case = tuple[int, bool, RateSpec, int]
 
 
-def _worst_cases(usage: UsageEvent, plan: Plan, at: datetime | None) -> tuple[list[_Worst], int]:
+def _worst_cases(usage: UsageEvent, plan: Plan, at: datetime | None) -> tuple[list[_Case], int]:
     """Every (rate, price) a usage of up to ``usage.units`` may be rated at within the window
-    ``[start, start + validity (+ units for time))``, and the validity in seconds."""
-    _check(usage)
+    ``[start, start + validity (+ units for time))``, and the validity in seconds.
+
+    Fast path: one rate and the band at the start when no band change or new version can be
+    reached (the segment cache makes that a few comparisons)."""
     start = usage.start
+    units = usage.units
+    if start.tzinfo is None or units < 0:
+        _check(usage)
     ref = start if at is None else at
     version = plan.version_at(ref)
     spec, terms, _, _ = _resolve(usage, version)
     validity = terms.validity_time_s if terms is not None else 0
-    timed = _is_timed(terms, usage.service)
-    if timed and usage.units > MAX_TIME_UNITS:
-        raise RatingError("units", f"time usage of {usage.units}s exceeds {MAX_TIME_UNITS}s")
-    horizon = start + timedelta(seconds=validity + (usage.units if timed else 0) + 1)
-    cases: list[_Worst] = []
-    _add_cases(cases, spec, version, start, start, horizon, timed)
-    version_limit = start + timedelta(seconds=validity)
-    for later in plan.versions:
-        if ref < later.effective_from <= version_limit:
-            try:
-                later_spec, _, _, _ = _resolve(usage, later)
-            except RatingError:
-                continue  # usage under that version fails to rate rather than cost more
-            _add_cases(cases, later_spec, later, start, later.effective_from, horizon, timed)
+    timed = terms.unit == "time_s" if terms is not None else usage.service is ServiceKind.VOICE
+    if timed and units > MAX_TIME_UNITS:
+        raise RatingError("units", f"time usage of {units}s exceeds {MAX_TIME_UNITS}s")
+    reach_s = validity + (units if timed else 0) + 1
+    table = version.bands
+    cases: list[_Case] = []
+    if not spec.band_sensitive or table.constant:
+        cases.append((0, False, spec, spec.top_price))
+    else:
+        _, seg_end, band = table.segment(start)
+        if _floor_seconds(seg_end - start) >= reach_s:
+            cases.append((0, False, spec, spec.top_by_band[band]))
+        else:
+            horizon = start + timedelta(seconds=reach_s)
+            _add_cases(cases, spec, version, start, start, horizon, timed)
+    if version is not plan.versions[-1]:
+        horizon = start + timedelta(seconds=reach_s)
+        version_limit = start + timedelta(seconds=validity)
+        for later in plan.versions:
+            if ref < later.effective_from <= version_limit:
+                try:
+                    later_spec, _, _, _ = _resolve(usage, later)
+                except RatingError:
+                    continue  # usage under that version fails to rate rather than cost more
+                _add_cases(cases, later_spec, later, start, later.effective_from, horizon, timed)
     return cases, validity
 
 
 def _add_cases(
-    cases: list[_Worst],
+    cases: list[_Case],
     spec: RateSpec,
     version: PlanVersion,
     start: datetime,
@@ -323,22 +335,19 @@ def _add_cases(
     horizon: datetime,
     timed: bool,
 ) -> None:
-    def top(band: str | None) -> int:
-        return max(tier[band] if band else max(tier.values()) for tier in spec.tier_prices)
-
+    """Add the cases of one version from ``since`` (its band at ``since`` and every band change
+    before ``horizon``); past the bounds, the highest price of any band."""
     offset = _floor_seconds(since - start)
     table = version.bands
-    if not spec.band_sensitive or table.constant:
-        cases.append(_Worst(offset, False, spec, top(table.default_band)))
+    if not spec.band_sensitive or table.constant or horizon - since > _MAX_WINDOW:
+        cases.append((offset, False, spec, spec.top_price))
         return
-    if horizon - since > _MAX_WINDOW:
-        cases.append(_Worst(offset, False, spec, top(None)))
-        return
+    top = spec.top_by_band
     for i, (instant, band) in enumerate(table.switches(since, horizon)):
         if i >= _MAX_SWITCH_STEPS:
-            cases.append(_Worst(offset, False, spec, top(None)))
+            cases.append((offset, False, spec, spec.top_price))
             return
-        cases.append(_Worst(_floor_seconds(instant - start), i > 0 and timed, spec, top(band)))
+        cases.append((_floor_seconds(instant - start), i > 0 and timed, spec, top[band]))
 
 
 def _floor_seconds(delta: timedelta) -> int:
@@ -357,7 +366,7 @@ def _cost(spec: RateSpec, units: int, price: int) -> int:
     return cost if cap is None or cost <= cap else cap
 
 
-def _reserve(cases: list[_Worst], validity: int, units: int) -> int:
+def _reserve(cases: list[_Case], validity: int, units: int) -> int:
     """The worst case for ``units`` among the cases reachable by a window of that many units.
 
     Usage may start until the validity ends. A band starting ``offset`` seconds in (rounded
@@ -367,9 +376,11 @@ def _reserve(cases: list[_Worst], validity: int, units: int) -> int:
     if units <= 0:
         return 0
     worst = 0
-    for case in cases:
-        if case.offset_s < validity + units if case.grows else case.offset_s <= validity:
-            worst = max(worst, _cost(case.spec, units, case.price))
+    for offset_s, grows, spec, price in cases:
+        if offset_s < validity + units if grows else offset_s <= validity:
+            cost = _cost(spec, units, price)
+            if cost > worst:
+                worst = cost
     return worst
 
 
@@ -389,7 +400,7 @@ def affordable_units(
 ) -> int:
     """The largest ``n <= usage.units`` with ``reservation_price(n units) <= budget_micros``
     (0 if none). Exact: binary search on the same worst-case function, which is monotone in n.
-    Time-based units are searched up to :data:`MAX_TIME_UNITS`."""
+    Time-based usage beyond :data:`MAX_TIME_UNITS` is a :class:`RatingError`, as for rating."""
     units = usage.units
     if units <= 0 or budget_micros < 0:
         _check(usage)
