@@ -5,11 +5,13 @@ A band table is compiled once per plan version: for each day type (Monday..Sunda
 midnight) and the band of each segment. The band at an instant is the band of its *local wall
 time* in the tariff's IANA time zone.
 
-:meth:`BandTable.segment` returns the maximal interval ``[start, end)`` around an instant in which
+:meth:`BandTable.segment` returns an interval ``[start, end)`` around an instant in which
 the band cannot change. Invariant: a segment never spans a UTC-offset change (a DST transition),
 so wall time runs monotonically inside it; segments ending in a DST gap end at the transition, and
-a wall time that occurs twice (fall back) is in force twice. The last segment found is cached,
-which makes the common case (consecutive usages in the same band) a pair of comparisons.
+a wall time that occurs twice (fall back) is in force twice. The two most recent segments are
+cached, which makes the common case (consecutive usages in the same band, or a usage crossing
+one boundary) a few comparisons. Segments are not maximal across midnight or DST changes; callers
+merge neighbouring segments of the same band.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from zoneinfo import ZoneInfo
 DAY_NAMES: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun", "holiday")
 HOLIDAY = 7
 SECONDS_PER_DAY = 86_400
+_Segment = tuple[datetime, datetime, str]
 _FAR_PAST = datetime(1, 1, 2, tzinfo=UTC)
 _FAR_FUTURE = datetime(9999, 12, 30, tzinfo=UTC)
 
@@ -69,11 +72,10 @@ class BandTable:
             days.append((tuple(starts), tuple(names)))
         self._days = tuple(days)
         self.constant = all(len(names) == 1 and names[0] == default_band for _, names in days)
-        self._cache: list[tuple[datetime, datetime, str]] = [
-            (_FAR_PAST, _FAR_PAST, default_band)
-            if not self.constant
-            else (_FAR_PAST, _FAR_FUTURE, default_band)
-        ]
+        empty = (_FAR_PAST, _FAR_FUTURE if self.constant else _FAR_PAST, default_band)
+        # The two most recent segments (a usage crossing a boundary needs both), replaced as one
+        # tuple so a reader never sees half an update.
+        self._cache: tuple[_Segment, _Segment] = (empty, empty)
 
     def _key(self) -> tuple[object, ...]:
         return (self.tz.key, self.default_band, self._days, self.holidays)
@@ -95,11 +97,13 @@ class BandTable:
 
     def segment(self, at: datetime) -> tuple[datetime, datetime, str]:
         """``(start, end, band)`` with ``start <= at < end``: the band is ``band`` throughout."""
-        cached = self._cache[0]
-        if cached[0] <= at < cached[1]:
-            return cached
+        recent, previous = self._cache
+        if recent[0] <= at < recent[1]:
+            return recent
+        if previous[0] <= at < previous[1]:
+            return previous
         found = self._segment(at)
-        self._cache[0] = found
+        self._cache = (found, recent)
         return found
 
     def _segment(self, at: datetime) -> tuple[datetime, datetime, str]:
