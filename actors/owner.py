@@ -36,11 +36,12 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import ray
 
 from actors._apply import InternalError, JoinRemote, Step, apply_one
+from actors.compact import Directory
 from actors.messages import (
     INTERNAL,
     INVALID_ARGUMENT,
@@ -60,7 +61,7 @@ from actors.messages import (
     Unavailable,
 )
 from billing.sessions import prune_answers, release_orphans
-from billing.state import ShardState, Subscriber
+from billing.state import Account, ShardState, Subscriber
 from billing.tariff import Catalog, builtin_catalog, load_plan
 from sharding.shardmap import ShardMap
 from sharding.store import NotOwner as StoreNotOwner
@@ -92,13 +93,14 @@ class OwnerConfig:
     ready_wait_s: float = 2.0  # how long a request waits for a (re)loading owner
     forward_timeout_s: float = 10.0  # a forwarded shared-account request's bound
     sweep_interval_s: float = 1.0  # orphan sweep period
-    answer_retention_s: float = 3600.0  # remembered answers older than this are pruned
+    answer_retention_s: float = 600.0  # remembered answers older than this are pruned
+    load_chunk_vshards: int = 64  # vshards loaded per read: bounds the load's memory peak
     pool_max: int = 2  # PostgreSQL connections of this owner
     manager_name: str = MANAGER_NAME
     namespace: str = NAMESPACE
 
     def __post_init__(self) -> None:
-        for name in ("batch_max", "queue_max", "submit_max", "pool_max"):
+        for name in ("batch_max", "queue_max", "submit_max", "pool_max", "load_chunk_vshards"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("ready_wait_s", "forward_timeout_s", "sweep_interval_s", "answer_retention_s"):
@@ -135,9 +137,15 @@ class ShardOwner:
             raise ValueError("name must not be empty")
         self._name = name
         self._config = config
-        self._store = Store(config.dsn, min_size=1, max_size=config.pool_max)
+        self._store = Store(
+            config.dsn,
+            min_size=1,
+            max_size=config.pool_max,
+            answer_horizon=timedelta(seconds=config.answer_retention_s),
+        )
         self._store_open = False
-        self._state = ShardState()
+        self._directory = Directory()
+        self._state = self._new_state(self._directory)
         self._guests: set[str] = set()
         self._catalog: Catalog = builtin_catalog()
         self._epochs: dict[int, int] = {}
@@ -567,6 +575,7 @@ class ShardOwner:
             del changes.subscribers[sid]  # a guest's record is written by its own owner
         if changes.is_empty():
             return None
+        touched = [*changes.subscribers, *changes.accounts]
         try:
             await self._store.commit(changes, self._epochs)
         except StoreNotOwner as exc:
@@ -577,6 +586,7 @@ class ShardOwner:
             self._invalidate(f"commit failed, nothing acknowledged: {type(exc).__name__}: {exc}")
             return _CommitError(self._last_error, None, self._map_version(), self._vshard_count())
         self._commits += 1
+        self._directory.freeze(touched, keep=self._guests)  # committed and idle: pack them
         return None
 
     async def _sweep(self) -> None:
@@ -584,7 +594,8 @@ class ShardOwner:
         now = _utcnow()
         release_orphans(self._state, now=now)
         prune_answers(self._state, now - timedelta(seconds=self._config.answer_retention_s))
-        await self._commit()
+        if await self._commit() is None and not self._needs_load:
+            self._directory.freeze_all(keep=self._guests)
 
     async def _sweep_loop(self) -> None:
         while not self._closing:
@@ -614,10 +625,11 @@ class ShardOwner:
         current: ShardMap = await self._handle(self._config.manager_name).get_map.remote()
         mine = current.vshards_of(self._name)
         epochs = await self._store.take_over(mine, self._name) if mine else {}
-        state = ShardState()
-        await self._store.load(mine, state)
+        directory = Directory()
+        state = self._new_state(directory)
+        await self._load_into(state, directory, mine)
         catalog = await self._load_catalog()
-        self._state, self._epochs, self._guests = state, epochs, set()
+        self._state, self._directory, self._epochs, self._guests = state, directory, epochs, set()
         self._map = current
         if self._route_map is None or current.version > self._route_map.version:
             self._route_map = current
@@ -643,7 +655,7 @@ class ShardOwner:
                 self._drop(lost)
             if gained:
                 epochs = await self._store.take_over(gained, self._name)
-                await self._store.load(gained, self._state)
+                await self._load_into(self._state, self._directory, gained)
                 self._epochs.update(epochs)
             self._map = new_map
             if self._route_map is None or new_map.version > self._route_map.version:
@@ -653,17 +665,46 @@ class ShardOwner:
         finally:
             self._resolve(job, [])
 
+    @staticmethod
+    def _new_state(directory: Directory) -> ShardState:
+        """A ShardState whose subscribers and accounts live in ``directory`` (mostly packed)."""
+        return ShardState(
+            subscribers=cast(dict[str, Subscriber], directory.subscribers),
+            accounts=cast(dict[str, Account], directory.accounts),
+        )
+
+    async def _load_into(
+        self, state: ShardState, directory: Directory, vshards: Sequence[int]
+    ) -> None:
+        """Load ``vshards`` a chunk at a time, packing idle subscribers as each chunk arrives,
+        so the load never holds every record as objects at once."""
+        step = self._config.load_chunk_vshards
+        ordered = sorted(vshards)
+        for first in range(0, len(ordered), step):
+            part = ShardState()
+            await self._store.load(ordered[first : first + step], part)
+            directory.absorb(part.subscribers, part.accounts)
+            state.buckets.update(part.buckets)
+            state.buckets_by_account.update(part.buckets_by_account)
+            state.sessions.update(part.sessions)
+            state.answers.update(part.answers)
+            state.balance_results.update(part.balance_results)
+            state.answer_log.extend(part.answer_log)
+        state.answer_log = deque(sorted(state.answer_log))
+
     def _drop(self, vshards: set[int]) -> None:
         """Forget everything held for ``vshards`` (they now belong to another owner)."""
         state = self._state
         for v in vshards:
             self._epochs.pop(v, None)
-        for sid in [k for k, s in state.subscribers.items() if s.vshard in vshards]:
-            del state.subscribers[sid]
-        for aid in [k for k, a in state.accounts.items() if a.vshard in vshards]:
-            del state.accounts[aid]
-            for bid in state.buckets_by_account.pop(aid, []):
-                state.buckets.pop(bid, None)
+        for bid in [k for k, b in state.buckets.items() if b.vshard in vshards]:
+            bucket = state.buckets.pop(bid)
+            ids = state.buckets_by_account.get(bucket.account_id)
+            if ids is not None and bid in ids:
+                ids.remove(bid)
+                if not ids:
+                    del state.buckets_by_account[bucket.account_id]
+        self._directory.drop_vshards(vshards)
         for sid in [k for k, s in state.sessions.items() if s.vshard in vshards]:
             del state.sessions[sid]
 

@@ -1,0 +1,326 @@
+"""Compact in-memory storage of an owner's idle subscribers and accounts.
+
+An owner holds hundreds of thousands of subscribers, nearly all idle at any moment. As Python
+objects a subscriber with its account costs ~700-1,200 bytes (two slotted objects, a dict for
+usage counters, datetimes, per-row strings, two dict entries); the target is at most 500 bytes
+per subscriber of owner RSS including the process itself (issue 4). So an idle subscriber and
+its own account live here *cold*: one ``bytes`` record (struct-packed fields, plan/currency/mode
+as indexes into small tables) under the subscriber id, about 200 bytes in all.
+
+The domain sees ordinary mappings (:class:`SubscriberMap`, :class:`AccountMap` behind
+``ShardState.subscribers`` / ``.accounts``): reading a cold key *hydrates* the pair into real
+:class:`~billing.state.Subscriber` / :class:`~billing.state.Account` objects (hot), which the
+domain then mutates as usual. The owner *freezes* hot pairs back after they were committed and
+hold no reservation (:meth:`Directory.freeze`). Freezing happens only between steps with nothing
+pending, so a frozen record is always the committed truth.
+
+Every account is the own account of the subscriber with the same id (a shared account belongs to
+its holder subscriber, see actors/_apply.py), so one record per id holds both. An account
+without such a subscriber, or with open reservations, simply stays hot.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Iterator, MutableMapping
+from datetime import UTC, datetime, timedelta
+
+from billing.protocol import PaymentMode
+from billing.state import Account, Subscriber
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+# flags(u8) sub_vshard(i32) account_vshard(i32) sub_plan(u16) sub_created_us(i64)
+_SUB = struct.Struct("<BiiHq")
+# acc_vshard(i32) mode(u8) currency(u16) plan(u16) balance credit reserved created_us (i64 x4)
+_ACC = struct.Struct("<iBHHqqqq")
+_HAS_ACCOUNT = 1
+_FOREIGN_ACCOUNT_ID = 2  # account_id differs from the subscriber id: stored after the fields
+_HAS_COUNTERS = 4
+_MODES = tuple(PaymentMode)
+
+
+def _us(at: datetime) -> int:
+    return (at - _EPOCH) // _US
+
+
+def _at(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+class _Strings:
+    """A small table of repeated strings (plan ids, currencies) addressed by index."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self) -> None:
+        self._values: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def index(self, value: str) -> int:
+        found = self._index.get(value)
+        if found is None:
+            found = len(self._values)
+            if found > 0xFFFF:
+                raise OverflowError("more than 65,535 distinct plan ids or currencies")
+            self._values.append(value)
+            self._index[value] = found
+        return found
+
+    def value(self, index: int) -> str:
+        return self._values[index]
+
+
+class Directory:
+    """Hot objects plus cold records of one owner's subscribers and accounts."""
+
+    __slots__ = (
+        "_accounts_cold",
+        "_strings",
+        "accounts",
+        "cold",
+        "hot_accounts",
+        "hot_subscribers",
+        "subscribers",
+    )
+
+    def __init__(self) -> None:
+        self.cold: dict[str, bytes] = {}
+        self.hot_subscribers: dict[str, Subscriber] = {}
+        self.hot_accounts: dict[str, Account] = {}
+        self._accounts_cold = 0  # cold records that hold an account
+        self._strings = _Strings()
+        self.subscribers = SubscriberMap(self)
+        self.accounts = AccountMap(self)
+
+    # -- packing ---------------------------------------------------------------------------------
+
+    def _pack(self, subscriber: Subscriber, account: Account | None) -> bytes:
+        flags = 0
+        tail = b""
+        if subscriber.account_id != subscriber.subscriber_id:
+            flags |= _FOREIGN_ACCOUNT_ID
+            tail = subscriber.account_id.encode()
+        head = b""
+        if account is not None:
+            flags |= _HAS_ACCOUNT
+            head = _ACC.pack(
+                account.vshard,
+                _MODES.index(account.payment_mode),
+                self._strings.index(account.currency),
+                self._strings.index(account.plan_id),
+                account.balance_micros,
+                account.credit_limit_micros,
+                account.reserved_micros,
+                _us(account.created_at),
+            )
+            if account.usage_counters:
+                flags |= _HAS_COUNTERS
+                counters = json.dumps(account.usage_counters, separators=(",", ":")).encode()
+                head += struct.pack("<H", len(counters)) + counters
+        return (
+            _SUB.pack(
+                flags,
+                subscriber.vshard,
+                subscriber.account_vshard,
+                self._strings.index(subscriber.plan_id),
+                _us(subscriber.created_at),
+            )
+            + head
+            + tail
+        )
+
+    def _unpack(self, key: str, record: bytes) -> tuple[Subscriber, Account | None]:
+        flags, vshard, account_vshard, plan, created = _SUB.unpack_from(record)
+        offset = _SUB.size
+        account: Account | None = None
+        if flags & _HAS_ACCOUNT:
+            a_vshard, mode, currency, a_plan, balance, credit, reserved, a_created = (
+                _ACC.unpack_from(record, offset)
+            )
+            offset += _ACC.size
+            counters: dict[str, int] = {}
+            if flags & _HAS_COUNTERS:
+                (size,) = struct.unpack_from("<H", record, offset)
+                offset += 2
+                counters = json.loads(record[offset : offset + size])
+                offset += size
+            account = Account(
+                account_id=key,
+                vshard=a_vshard,
+                payment_mode=_MODES[mode],
+                currency=self._strings.value(currency),
+                plan_id=self._strings.value(a_plan),
+                balance_micros=balance,
+                credit_limit_micros=credit,
+                reserved_micros=reserved,
+                created_at=_at(a_created),
+                usage_counters=counters,
+            )
+        account_id = record[offset:].decode() if flags & _FOREIGN_ACCOUNT_ID else key
+        subscriber = Subscriber(
+            subscriber_id=key,
+            vshard=vshard,
+            account_id=account_id,
+            account_vshard=account_vshard,
+            plan_id=self._strings.value(plan),
+            created_at=_at(created),
+        )
+        return subscriber, account
+
+    @staticmethod
+    def _has_account(record: bytes) -> bool:
+        return bool(record[0] & _HAS_ACCOUNT)
+
+    # -- hot <-> cold ----------------------------------------------------------------------------
+
+    def hydrate(self, key: str) -> bool:
+        """Make the pair under ``key`` hot; False if there is no cold record."""
+        record = self.cold.pop(key, None)
+        if record is None:
+            return False
+        subscriber, account = self._unpack(key, record)
+        self.hot_subscribers[key] = subscriber
+        if account is not None:
+            self._accounts_cold -= 1
+            self.hot_accounts[key] = account
+        return True
+
+    def freeze(self, keys: Iterable[str], *, keep: set[str] | frozenset[str] = frozenset()) -> int:
+        """Pack the hot pairs of ``keys`` that are idle (no reservation); return how many.
+
+        Call only when nothing is pending: the frozen record must be the committed truth.
+        Subscribers in ``keep`` (guests held for other owners) stay hot.
+        """
+        frozen = 0
+        for key in keys:
+            subscriber = self.hot_subscribers.get(key)
+            if subscriber is None or key in keep:
+                continue
+            account = self.hot_accounts.get(key)
+            if account is not None and (
+                account.reserved_micros or account.vshard != subscriber.vshard
+            ):
+                continue
+            self.cold[key] = self._pack(subscriber, account)
+            del self.hot_subscribers[key]
+            if account is not None:
+                del self.hot_accounts[key]
+                self._accounts_cold += 1
+            frozen += 1
+        return frozen
+
+    def freeze_all(self, *, keep: set[str] | frozenset[str] = frozenset()) -> int:
+        return self.freeze(list(self.hot_subscribers), keep=keep)
+
+    def absorb(self, subscribers: dict[str, Subscriber], accounts: dict[str, Account]) -> None:
+        """Take freshly loaded records: idle pairs go straight to cold, the rest stay hot."""
+        for key, subscriber in subscribers.items():
+            self.cold.pop(key, None)
+            self.hot_subscribers[key] = subscriber
+            account = accounts.get(key)
+            if account is not None:
+                self.hot_accounts[key] = account
+            self.freeze((key,))
+        for key, account in accounts.items():
+            if key not in subscribers:
+                self.hot_accounts[key] = account
+
+    def drop_vshards(self, vshards: set[int]) -> None:
+        """Forget every subscriber and account of ``vshards`` (they moved to another owner)."""
+        for key in [k for k, r in self.cold.items() if _SUB.unpack_from(r)[1] in vshards]:
+            if self._has_account(self.cold.pop(key)):
+                self._accounts_cold -= 1
+        for key in [k for k, s in self.hot_subscribers.items() if s.vshard in vshards]:
+            del self.hot_subscribers[key]
+        for key in [k for k, a in self.hot_accounts.items() if a.vshard in vshards]:
+            del self.hot_accounts[key]
+
+
+class SubscriberMap(MutableMapping[str, Subscriber]):
+    """``ShardState.subscribers`` over a :class:`Directory` (reading a cold key hydrates it)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, directory: Directory) -> None:
+        self._d = directory
+
+    def __getitem__(self, key: str) -> Subscriber:
+        found = self._d.hot_subscribers.get(key)
+        if found is None and self._d.hydrate(key):
+            found = self._d.hot_subscribers.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def get(self, key: str, default: Subscriber | None = None) -> Subscriber | None:  # type: ignore[override]
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._d.hot_subscribers or key in self._d.cold
+
+    def __setitem__(self, key: str, value: Subscriber) -> None:
+        self._d.hydrate(key)
+        self._d.hot_subscribers[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self._d.hydrate(key)
+        del self._d.hot_subscribers[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from list(self._d.hot_subscribers)
+        yield from list(self._d.cold)
+
+    def __len__(self) -> int:
+        return len(self._d.hot_subscribers) + len(self._d.cold)
+
+
+class AccountMap(MutableMapping[str, Account]):
+    """``ShardState.accounts`` over a :class:`Directory` (reading a cold key hydrates it)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, directory: Directory) -> None:
+        self._d = directory
+
+    def __getitem__(self, key: str) -> Account:
+        found = self._d.hot_accounts.get(key)
+        if found is None:
+            record = self._d.cold.get(key)
+            if record is not None and Directory._has_account(record):
+                self._d.hydrate(key)
+                found = self._d.hot_accounts.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def get(self, key: str, default: Account | None = None) -> Account | None:  # type: ignore[override]
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        if key in self._d.hot_accounts:
+            return True
+        record = self._d.cold.get(key) if isinstance(key, str) else None
+        return record is not None and Directory._has_account(record)
+
+    def __setitem__(self, key: str, value: Account) -> None:
+        self._d.hydrate(key)
+        self._d.hot_accounts[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self._d.hydrate(key)
+        del self._d.hot_accounts[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from list(self._d.hot_accounts)
+        yield from [k for k, r in list(self._d.cold.items()) if Directory._has_account(r)]
+
+    def __len__(self) -> int:
+        return len(self._d.hot_accounts) + self._d._accounts_cold

@@ -1,0 +1,111 @@
+"""The owner's compact subscriber/account storage (actors/compact.py): packing is lossless, the
+mappings behave like dicts for the domain, and the domain works unchanged on top of them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors.compact import Directory
+from billing.accounts import apply_balance, balance_view, provision_subscriber
+from billing.ledger import audit
+from billing.protocol import BalanceCommand, PaymentMode
+from billing.state import Account, ShardState, Subscriber
+from billing.tariff import builtin_catalog
+
+NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20)
+micros = st.integers(min_value=-(2**62), max_value=2**62)
+times = st.datetimes(
+    min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)
+)
+
+
+def _state(d: Directory) -> ShardState:
+    return ShardState(
+        subscribers=cast(dict[str, Subscriber], d.subscribers),
+        accounts=cast(dict[str, Account], d.accounts),
+    )
+
+
+@settings(derandomize=True, max_examples=200)
+@given(
+    key=ids,
+    other=st.one_of(st.none(), ids),
+    vshard=st.integers(0, 2**20),
+    mode=st.sampled_from(list(PaymentMode)),
+    balance=micros,
+    credit=micros,
+    created=times,
+    counters=st.dictionaries(st.text(max_size=8), st.integers(0, 2**40), max_size=3),
+)
+def test_freeze_and_hydrate_are_lossless(
+    key: str,
+    other: str | None,
+    vshard: int,
+    mode: PaymentMode,
+    balance: int,
+    credit: int,
+    created: datetime,
+    counters: dict[str, int],
+) -> None:
+    d = Directory()
+    account_id = other if other is not None and other != key else key
+    sub = Subscriber(
+        key, vshard, account_id, vshard + 1 if account_id != key else vshard, "plan-x", created
+    )
+    acc = Account(key, vshard, mode, "EUR", "plan-x", balance, credit, 0, created, dict(counters))
+    d.subscribers[key] = sub
+    if account_id == key:
+        d.accounts[key] = acc
+    assert d.freeze([key]) == 1
+    assert key in d.cold and not d.hot_subscribers and not d.hot_accounts
+    assert key in d.subscribers and (key in d.accounts) == (account_id == key)
+    assert d.subscribers[key] == sub
+    if account_id == key:
+        assert d.accounts[key] == acc
+    assert len(d.subscribers) == 1 and len(d.accounts) == (1 if account_id == key else 0)
+
+
+def test_reserved_accounts_and_guests_stay_hot() -> None:
+    d = Directory()
+    d.subscribers["a"] = Subscriber("a", 1, "a", 1, "p", NOW)
+    d.accounts["a"] = Account("a", 1, PaymentMode.PREPAID, "EUR", "p", 10, 0, 5, NOW)
+    d.subscribers["g"] = Subscriber("g", 2, "fam", 3, "p", NOW)
+    assert d.freeze(["a", "g"], keep={"g"}) == 0
+    d.accounts["a"].reserved_micros = 0
+    assert d.freeze(["a", "g"], keep={"g"}) == 1
+    assert set(d.hot_subscribers) == {"g"}
+    d.drop_vshards({1})
+    assert "a" not in d.subscribers and "a" not in d.accounts and len(d.accounts) == 0
+
+
+def test_domain_runs_on_compact_state() -> None:
+    plan = builtin_catalog().get("payg")
+    d = Directory()
+    state = _state(d)
+    for i in range(50):
+        provision_subscriber(
+            state,
+            subscriber_id=f"s{i}",
+            vshard=i % 4,
+            plan=plan,
+            payment_mode=None,
+            initial_balance_micros=1_000_000 * i,
+            credit_limit_micros=0,
+            currency=None,
+            now=NOW,
+        )
+    journal = list(state.take_changes().journal)
+    assert d.freeze(list(d.hot_subscribers)) == 50
+    result = apply_balance(
+        state, BalanceCommand("topup", "s7", 5, "k1"), now=NOW + timedelta(seconds=1)
+    )
+    assert result.balance_after_micros == 7_000_005
+    journal += state.take_changes().journal
+    d.freeze(["s7"])
+    assert balance_view(state, "s7", now=NOW).balance_micros == 7_000_005
+    assert audit(state, journal) == []
