@@ -310,9 +310,27 @@ class ChaosCluster:
         return node, owners
 
     async def restart_postgres(self, down_ms: int) -> float:
-        await asyncio.to_thread(self.pg.stop)
+        """Crash PostgreSQL (immediate shutdown: no checkpoint, crash recovery on start), keep it
+        down ``down_ms``, start it again on the SAME port (the owners' DSN does not change).
+
+        pg_ctl is run directly rather than through EmbeddedPostgres.start(): that one picks a
+        new port when the old one still has TIME_WAIT sockets (its bind probe lacks
+        SO_REUSEADDR), which would leave every owner pool pointing at a dead port.
+        """
+        port = int(self.pg.status()["port"])
+        pg_ctl = str(self.pg.bindir / "pg_ctl")
+        data = str(self.pg.data_dir)
+        await asyncio.to_thread(
+            self.pg._run, [pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], timeout_s=60
+        )
         await asyncio.sleep(down_ms / 1000)
-        await asyncio.to_thread(self.pg.start)
+        done = await asyncio.to_thread(
+            self.pg._run,
+            [pg_ctl, "-D", data, "-l", str(self.pg.log_path), "-o", f"-p {port}", "-w", "start"],
+            timeout_s=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not restart on port {port}: {done.stderr[-500:]}")
         return time.monotonic()
 
     async def kill_door(self, pick: int) -> int:
