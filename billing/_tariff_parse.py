@@ -210,15 +210,58 @@ class _Reader:
         return tuple(out) if ok else None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter: a key repeated in one mapping (which YAML would silently
+    resolve to the last value) is recorded as a problem, and aliases (``*name``) are refused, so
+    a small file can never expand into a huge structure."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, str]] = []
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in tariffs", event.start_mark
+            )
+        return super().compose_node(parent, index)  # type: ignore[arg-type]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[object, str] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                where = _where(key_node.start_mark)
+                if key_node.value in seen:
+                    self.duplicates.append(
+                        (
+                            where,
+                            f"duplicate key {key_node.value!r} (first at {seen[key_node.value]})",
+                        )
+                    )
+                else:
+                    seen[key_node.value] = where
+        return super().construct_mapping(node, deep)
+
+
+def _where(mark: Any) -> str:
+    return f"line {mark.line + 1} column {mark.column + 1}"
+
+
 def parse_plan(text: str, source: str) -> Plan:
     """Parse and validate one plan; raise :class:`TariffError` listing every problem."""
     r = _Reader(source)
+    loader = _StrictLoader(text)
     try:
-        doc = yaml.safe_load(text)
+        doc = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else "<yaml>"
+        where = _where(mark) if mark is not None else "<yaml>"
         raise TariffError([TariffProblem(source, where, f"not valid YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
+    for where, message in loader.duplicates:
+        r.fail(where, message)
     top = r.mapping(doc, "", {"plan_id", "name", "versions"}, _TOP_KEYS)
     if top is None:
         raise TariffError(r.problems)

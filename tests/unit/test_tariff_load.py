@@ -566,3 +566,28 @@ def test_version_at_uses_effective_dating() -> None:
     with pytest.raises(RatingError) as info:
         plan.version_at(datetime(2025, 12, 31, 23, 59, tzinfo=UTC))
     assert info.value.field == "at" and "no version effective" in str(info.value)
+
+
+def test_duplicate_keys_are_errors_not_last_one_wins() -> None:
+    text = yaml.safe_dump(doc(), sort_keys=False).replace(
+        "  currency: EUR\n", "  currency: EUR\n  currency: USD\n", 1
+    )
+    with pytest.raises(TariffError) as info:
+        load_plan(text, source=SOURCE)
+    (problem,) = info.value.problems
+    assert problem.source == SOURCE and problem.field.startswith("line ")
+    assert "duplicate key 'currency' (first at line" in problem.message
+
+
+def test_aliases_are_refused() -> None:
+    d = doc()
+    text = yaml.safe_dump(d, sort_keys=False) + "extra: &a [1]\nmore: *a\n"
+    with pytest.raises(TariffError) as info:
+        load_plan(text, source=SOURCE)
+    assert "aliases (*name) are not allowed" in str(info.value)
+
+
+def test_oversized_text_is_rejected_before_parsing() -> None:
+    with pytest.raises(TariffError) as info:
+        load_plan("#" * 1_000_001, source=SOURCE)
+    assert "larger than" in str(info.value)
