@@ -18,7 +18,7 @@ from billing.rating import (
     rate,
     reservation_price,
 )
-from billing.tariff import Plan, load_plan
+from billing.tariff import Plan, builtin_catalog, load_plan
 
 VOICE, DATA = ServiceKind.VOICE, ServiceKind.DATA
 
@@ -231,3 +231,32 @@ def test_next_tariff_switch_at_version_change() -> None:
     change = datetime(2026, 11, 26, 18, 30, tzinfo=UTC)
     assert next_tariff_switch(plan, DATA, start, start + timedelta(hours=2)) == change
     assert next_tariff_switch(plan, VOICE, start, start + timedelta(hours=2)) == change
+
+
+def test_next_tariff_switch_uses_local_time_across_dst() -> None:
+    plan = make_plan()
+    # Friday 2026-03-27 20:00 Paris (CET) is 19:00Z; the next peak, Monday 2026-03-30 08:00, is
+    # in summer time (CEST): 06:00Z.
+    start = datetime(2026, 3, 27, 19, 30, tzinfo=UTC)
+    assert next_tariff_switch(plan, VOICE, start, start + timedelta(days=4)) == datetime(
+        2026, 3, 30, 6, 0, tzinfo=UTC
+    )
+
+
+def test_next_tariff_switch_skips_a_holiday_without_peak() -> None:
+    payg = builtin_catalog().get("payg")
+    # Thursday 2026-12-24 20:00 Paris -> Friday 25 is a holiday (no peak) -> Monday 28 08:00.
+    start = datetime(2026, 12, 24, 19, 0, tzinfo=UTC)
+    assert next_tariff_switch(payg, VOICE, start, start + timedelta(days=5)) == datetime(
+        2026, 12, 28, 7, 0, tzinfo=UTC
+    )
+
+
+def test_rate_crosses_into_a_new_band_exactly_as_the_switch_says() -> None:
+    plan = make_plan(initial_increment=1, subsequent_increment=1)
+    start = paris(2026, 11, 26, 19, 58, 0)
+    switch = next_tariff_switch(plan, VOICE, start, start + timedelta(hours=1))
+    assert switch is not None
+    before = int((switch - start).total_seconds())
+    whole = rate(voice(300, start), plan)
+    assert [(i.band, i.units) for i in whole.items] == [("peak", before), ("offpeak", 300 - before)]

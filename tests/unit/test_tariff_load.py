@@ -591,3 +591,82 @@ def test_oversized_text_is_rejected_before_parsing() -> None:
     with pytest.raises(TariffError) as info:
         load_plan("#" * 1_000_001, source=SOURCE)
     assert "larger than" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "fragment"),
+    [
+        (lambda d: d.update(name=5), "name", "must be a string"),
+        (lambda d: d.update(description=["x"]), "description", "must be a string"),
+        (lambda d: d.update(plan_id="Gold Plan"), "plan_id", "is not valid"),
+        (lambda d: d.update(versions={"version": 1}), "versions", "must be a list"),
+        (lambda d: d["versions"].__setitem__(0, "v1"), "versions[0]", "must be a mapping"),
+        (lambda d: v0(d).update(time_bands="peak"), "versions[0].time_bands", "must be a mapping"),
+        (lambda d: v0(d)["time_bands"].update(bands=[]), "versions[0].time_bands.bands", "mapping"),
+        (
+            lambda d: v0(d)["time_bands"].pop("default"),
+            "versions[0].time_bands.default",
+            "required",
+        ),
+        (
+            lambda d: v0(d)["time_bands"]["bands"].update({"Peak Hours": []}),
+            "versions[0].time_bands.bands.Peak Hours",
+            "is not valid",
+        ),
+        (
+            lambda d: v0(d)["time_bands"]["bands"].update(peak="08-20"),
+            "versions[0].time_bands.bands.peak",
+            "must be a list",
+        ),
+        (
+            lambda d: v0(d)["rates"][0].update(description=1),
+            "versions[0].rates[0].description",
+            "string",
+        ),
+        (
+            lambda d: v0(d)["rates"][0].update(tiers=[{"from": 5}]),
+            "versions[0].rates[0].tiers[0].price",
+            "required",
+        ),
+        (lambda d: v0(d)["services"].clear(), "versions[0].services", "at least one service"),
+        (
+            lambda d: v0(d)["services"][0].update(redirect_address=7),
+            "versions[0].services[0].redirect_address",
+            "string",
+        ),
+        (
+            lambda d: v0(d).update(holidays=["2026-12-25T00:00:00"]),
+            "versions[0].holidays[0]",
+            "not a date",
+        ),
+        (lambda d: v0(d).update(holidays=[20261225]), "versions[0].holidays[0]", "must be a date"),
+        (
+            lambda d: v0(d).update(effective_from=20260101),
+            "versions[0].effective_from",
+            "date-time",
+        ),
+        (
+            lambda d: v0(d).update(destination_groups={"national": "33"}),
+            "versions[0].destination_groups.national",
+            "list",
+        ),
+    ],
+)
+def test_more_shape_errors_name_their_field(mutate: Any, field: str, fragment: str) -> None:
+    d = doc()
+    mutate(d)
+    assert_problem(d, field, fragment)
+
+
+def test_service_identifier_used_twice_is_rejected() -> None:
+    d = doc()
+    v0(d)["services"][0]["service_identifiers"] = [7]
+    v0(d)["services"][1]["service_identifiers"] = [7]
+    assert_problem(d, "versions[0].services[1].service_identifiers", "already used by services[0]")
+
+
+def test_rated_only_plan_may_have_an_empty_consumption_order() -> None:
+    d = doc()
+    v0(d)["payment_mode"] = "rated_only"
+    v0(d)["consumption_order"] = []
+    assert load(d).versions[0].consumption_order == ()
