@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -248,17 +248,25 @@ class Store:
 
     # -- recovery ----------------------------------------------------------------------------
 
-    async def load(self, vshards: Sequence[int], state: ShardState) -> None:
+    async def load(
+        self, vshards: Sequence[int], state: ShardState, *, now: datetime | None = None
+    ) -> None:
         """Read the vshards' subscribers, accounts, buckets, open sessions (with reservations)
-        and recent answers into ``state`` (added to what it holds; ``pending`` untouched).
+        and recent answers and balance results into ``state`` (added to what it holds;
+        ``pending`` untouched). One REPEATABLE READ snapshot, so the parts agree.
 
-        One REPEATABLE READ snapshot, so the parts are consistent with each other.
+        ``now`` is the domain's time (default: the database's clock): buckets that expired by
+        then and were swept empty (``billing.accounts.expire_buckets`` writes them zeroed, then
+        drops them from memory) stay in the database for audit but are not loaded. Each
+        account's bucket list is in consumption order (priority, expiry, id), as
+        ``billing.accounts.index_bucket`` keeps it. ``answer_log`` gets the credit-control
+        answers' keys with their commit time (the database clock).
         """
         wanted = sorted(set(vshards))
         loaded = ShardState()
         async with self._tx("load") as conn:
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            await self._load(conn, wanted, loaded)
+            await self._load(conn, wanted, loaded, now)
         # Merge only once everything was read: a failed load leaves ``state`` as it was.
         state.subscribers.update(loaded.subscribers)
         state.accounts.update(loaded.accounts)
@@ -271,11 +279,15 @@ class Store:
             state.answer_log = deque(sorted([*state.answer_log, *loaded.answer_log]))
 
     async def _load(
-        self, conn: psycopg.AsyncConnection[Any], wanted: list[int], state: ShardState
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        wanted: list[int],
+        state: ShardState,
+        now: datetime | None,
     ) -> None:
-        async def rows(sql: str) -> list[tuple[Any, ...]]:
+        async def rows(sql: str, *extra: Any) -> list[tuple[Any, ...]]:
             cur = conn.cursor()
-            await cur.execute(sql, (wanted,))
+            await cur.execute(sql.encode(), (wanted, *extra))
             return await cur.fetchall()
 
         for r in await rows(SUBSCRIBERS.select_sql()):
@@ -284,26 +296,24 @@ class Store:
         for r in await rows(ACCOUNTS.select_sql()):
             a = ACCOUNTS.from_row(r)
             state.accounts[a.account_id] = a
-        for r in await rows(BUCKETS.select_sql() + " ORDER BY vshard, account_id, bucket_id"):
+        by_account = state.buckets_by_account
+        for r in await rows(_SQL_LOAD_BUCKETS, now):
             b = BUCKETS.from_row(r)
             state.buckets[b.bucket_id] = b
-            state.buckets_by_account.setdefault(b.account_id, []).append(b.bucket_id)
+            ids = by_account.get(b.account_id)
+            if ids is None:
+                by_account[b.account_id] = [b.bucket_id]
+            else:
+                ids.append(b.bucket_id)
         for r in await rows(SESSIONS.select_sql()):
             s2 = SESSIONS.from_row(r)
             state.sessions[s2.session_id] = s2
-        cur = conn.cursor()
-        await cur.execute(
-            "SELECT idempotency_key, kind, answer, committed_at FROM answers"
-            " WHERE vshard = ANY(%s) AND committed_at >= now() - %s"
-            " ORDER BY committed_at, idempotency_key",
-            (wanted, self.answer_horizon),
-        )
-        for key, kind, text, committed_at in await cur.fetchall():
+        for key, kind, text, committed_at in await rows(_SQL_LOAD_ANSWERS, self.answer_horizon):
             if kind == "cc":
                 state.answers[key] = decode_answer(text)
+                state.answer_log.append((committed_at, key))
             else:
                 state.balance_results[key] = decode_balance_result(text)
-            state.answer_log.append((committed_at, key))
 
     # -- the fenced group commit -----------------------------------------------------------------
 
@@ -492,6 +502,16 @@ def _touched_vshards(changes: Changes) -> list[int]:
     return sorted(vs)
 
 
+_SQL_LOAD_BUCKETS = (
+    BUCKETS.select_sql()
+    + " AND NOT (expires_at IS NOT NULL AND expires_at <= COALESCE(%s::timestamptz, now()) AND units = 0 AND reserved_units = 0)"
+    ' ORDER BY vshard, account_id, priority, expires_at NULLS LAST, bucket_id COLLATE "C"'
+)
+_SQL_LOAD_ANSWERS = (
+    "SELECT idempotency_key, kind, answer, committed_at FROM answers"
+    " WHERE vshard = ANY(%s) AND committed_at >= now() - %s"
+    " ORDER BY committed_at, idempotency_key"
+)
 _SQL_JOURNAL = JOURNAL.insert_sql(upsert=False)
 _SQL_SUBSCRIBERS = SUBSCRIBERS.insert_sql(upsert=True)
 _SQL_ACCOUNTS = ACCOUNTS.insert_sql(upsert=True)
