@@ -13,6 +13,7 @@ so a price change is a short entry with ``version``, ``effective_from`` and the 
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Callable
 from datetime import date, datetime
 from enum import StrEnum
@@ -212,20 +213,13 @@ class _Reader:
 
 class _StrictLoader(yaml.SafeLoader):
     """PyYAML's safe loader, stricter: a key repeated in one mapping (which YAML would silently
-    resolve to the last value) is recorded as a problem, and aliases (``*name``) are refused, so
-    a small file can never expand into a huge structure."""
+    resolve to the last value) is recorded as a problem. Anchors and aliases (``&x`` / ``*x``,
+    ``<<: *x``) are allowed; they share one object, and nothing here walks or prints a value
+    deeper than its expected shape, so an alias bomb cannot blow up."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.duplicates: list[tuple[str, str]] = []
-
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed in tariffs", event.start_mark
-            )
-        return super().compose_node(parent, index)  # type: ignore[arg-type]
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[object, str] = {}
@@ -932,12 +926,19 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring = 40
+_REPR.maxother = 40
+
+
 def _kind(value: object) -> str:
+    """A short description of an unexpected value (bounded: never a full repr)."""
     if value is None:
         return "nothing"
     if isinstance(value, bool):
         return f"a boolean ({value})"
-    return f"{type(value).__name__} {value!r}"[:80]
+    return f"{type(value).__name__} {_REPR.repr(value)}"
 
 
 def _describe(pattern: re.Pattern[str]) -> str:

@@ -579,12 +579,28 @@ def test_duplicate_keys_are_errors_not_last_one_wins() -> None:
     assert "duplicate key 'currency' (first at line" in problem.message
 
 
-def test_aliases_are_refused() -> None:
-    d = doc()
-    text = yaml.safe_dump(d, sort_keys=False) + "extra: &a [1]\nmore: *a\n"
+def test_anchors_and_merge_keys_share_settings() -> None:
+    text = yaml.safe_dump(doc(), sort_keys=False).replace(
+        "- id: voice\n", "- &voice\n    id: voice\n", 1
+    )
+    merged = "  - <<: *voice\n    id: voice-mobile\n    destination_groups: [mobile]\n"
+    assert "  - id: data\n" in text
+    text = text.replace("  - id: data\n", merged + "  - id: data\n", 1)
+    with pytest.raises(TariffError) as info:  # the merged copy is shadowed by the original
+        load_plan(text, source=SOURCE)
+    assert "never applies" in str(info.value)
+
+
+def test_alias_bomb_is_reported_briefly() -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 12):
+        prev = f"*a{i - 1}"
+        levels.append(f"a{i}: &a{i} [{', '.join([prev] * 9)}]")
+    text = "\n".join(levels) + "\nplan_id: *a11\nname: n\nversions: *a11\n"
     with pytest.raises(TariffError) as info:
         load_plan(text, source=SOURCE)
-    assert "aliases (*name) are not allowed" in str(info.value)
+    assert len(str(info.value)) < 20_000
+    assert "versions[0]" in str(info.value)
 
 
 def test_oversized_text_is_rejected_before_parsing() -> None:
