@@ -158,6 +158,7 @@ def describe_plan(plan: Plan) -> str:
             lines.append(
                 f"    time bands: {', '.join(v.bands.bands)} (default {v.bands.default_band})"
             )
+        lines.extend(_describe_places(v))
         for s in v.services:
             groups = ", ".join(str(g) for g in s.rating_groups)
             lines.append(
@@ -174,6 +175,20 @@ def describe_plan(plan: Plan) -> str:
                 f"priority {b.priority}"
             )
     return "\n".join(lines)
+
+
+def _describe_places(v: PlanVersion) -> list[str]:
+    """Destination groups with their prefixes, and zones with their networks."""
+    groups: dict[str, list[str]] = {}
+    for prefix, group in v.destination_prefixes.items():
+        groups.setdefault(group, []).append(prefix)
+    zones: dict[str, list[str]] = {}
+    for network, zone in v.roaming_zones.items():
+        zones.setdefault(zone, []).append(network)
+    lines = [f"    destinations {g}: {', '.join(sorted(p))}" for g, p in groups.items()]
+    lines.append(f"    zone {HOME_ZONE}: {', '.join(v.home_plmns) or 'no home network listed'}")
+    lines.extend(f"    zone {z}: {', '.join(sorted(n))}" for z, n in zones.items())
+    return lines
 
 
 def _describe_rate(r: RateSpec, currency: str) -> str:

@@ -125,6 +125,8 @@ def test_describe_plan_is_readable() -> None:
         in text
     )
     assert "increments 60/60" in text
+    assert "    destinations national-mobile: 336, 337\n" in text
+    assert "    zone home: 20801, 20802\n" in text and "    zone world: *\n" in text
     described = describe_plan(builtin_catalog().get("postpaid-monthly"))
     assert "bundle minutes-500: 30000 voice units (national, national-mobile), 30 days" in described
     assert "from 10737418240: 0.010000 EUR" in described
