@@ -15,8 +15,9 @@ Rules, applied in this order by :func:`rate` (integer arithmetic only):
    *starts*. So a usage crossing a band boundary is split at the end of the slot that contains
    the boundary, each part priced at its own band's rate; a slot never has two prices. Other
    units are priced at the band in force at the usage start.
-5. Tiers: charged units are placed after ``cycle_units_before`` units already used in the cycle;
-   each part is priced at the tier its position falls in.
+5. Tiers: charged units are placed after ``cycle_units_before`` charged units already used in the
+   cycle (the caller's counter, advanced by :attr:`Rating.charged_units`); each part is priced
+   at the tier its position falls in, so splitting a usage at a tier boundary changes nothing.
 6. Amount = sum over parts of charged units x price per rate unit / rate unit, rounded once for
    the whole usage with the rate's rounding (each item shows its share of the rounded total, so
    items always sum to the cost); plus the connect fee; raised to the minimum charge; capped at
@@ -56,7 +57,6 @@ __all__ = [
 MAX_TIME_UNITS = 31 * 86_400  # longest time-based usage rated in one event (bounded work)
 _MAX_SWITCH_STEPS = 4000
 _MAX_WINDOW = timedelta(seconds=MAX_TIME_UNITS + 2 * 86_400)  # validity is at most a day
-_SECOND = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
