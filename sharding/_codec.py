@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import operator
 import types
 import typing
 from collections.abc import Callable
@@ -81,22 +82,30 @@ def encoder(tp: Any) -> Encode:
 
 def _dataclass_encoder(cls: type) -> Encode:
     hints = typing.get_type_hints(cls)
-    plan: list[tuple[str, Encode, Any, Any]] = []
-    for f in dataclasses.fields(cls):
-        plan.append((f.name, encoder(hints[f.name]), f.default, f.default_factory))
+    fields = dataclasses.fields(cls)
+    if not fields:
+        return lambda v: {}
+    get_all = operator.attrgetter(*(f.name for f in fields))
+    plan: list[tuple[str, Encode | None, Any, Any]] = []
+    for f in fields:
+        enc = encoder(hints[f.name])
+        plan.append((f.name, None if enc is _identity else enc, f.default, f.default_factory))
+    if len(plan) == 1:
+        return lambda v: _encode_fields(plan, (get_all(v),))
 
-    def encode(value: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name, enc, default, factory in plan:
-            v = getattr(value, name)
-            if default is not _MISSING and v == default:
-                continue
-            if factory is not _MISSING and not v and v == factory():
-                continue
-            out[name] = enc(v)
-        return out
+    return lambda v: _encode_fields(plan, get_all(v))
 
-    return encode
+
+def _encode_fields(plan: list[tuple[str, Encode | None, Any, Any]], values: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for (name, enc, default, factory), v in zip(plan, values, strict=True):
+        if default is not _MISSING:
+            if v == default:
+                continue
+        elif factory is not _MISSING and not v and v == factory():
+            continue
+        out[name] = v if enc is None else enc(v)
+    return out
 
 
 def _decode_int(value: Any) -> int:

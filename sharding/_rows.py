@@ -29,6 +29,7 @@ __all__ = [
     "SESSIONS",
     "SUBSCRIBERS",
     "Table",
+    "batch_json",
     "decode_answer",
     "decode_balance_result",
     "encode_answer",
@@ -79,6 +80,9 @@ def decode_balance_result(text: str) -> BalanceResult:
     return value
 
 
+_NO_EXTRA: dict[str, Any] = {}
+
+
 @cache
 def _extra_fields(cls: type, columns: frozenset[str]) -> tuple[tuple[str, Any, Any], ...]:
     """Fields of ``cls`` without a column: (name, encoder, decoder), kept in ``extra``."""
@@ -106,8 +110,8 @@ class Table:
         return tuple(c for c, _ in self.columns)
 
     def extra_fields(self) -> tuple[tuple[str, Any, Any], ...]:
-        mapped = frozenset(self.column_names) - {"extra"}
-        return _extra_fields(self.record, mapped)
+        """The record's fields without a column, (name, encoder, decoder), kept in ``extra``."""
+        return _extra_fields(self.record, frozenset(c for c, _ in self.columns) - {"extra"})
 
     def encode_extra(self, record: Any) -> str | None:
         fields = self.extra_fields()
@@ -117,22 +121,24 @@ class Table:
 
     def decode_extra(self, text: Any) -> dict[str, Any]:
         if text is None:
-            return {}
+            return _NO_EXTRA
         data = json.loads(text) if isinstance(text, str | bytes) else text
         decs = {name: dec for name, _, dec in self.extra_fields()}
         return {k: decs[k](v) for k, v in data.items() if k in decs}
 
     def insert_sql(self, *, upsert: bool) -> str:
-        """``INSERT ... SELECT FROM unnest(arrays)``: one statement for a whole batch.
+        """``INSERT ... SELECT FROM json_array_elements(%s)``: one statement for a whole batch.
 
-        jsonb and array columns travel as text[] of JSON and are converted per row.
+        The batch travels as ONE JSON text (an array of positional rows, :meth:`batch_json`):
+        encoding it is a single C-accelerated ``json.dumps``, where per-column arrays cost a
+        Python call per value to adapt (measured: ~10x slower at 1,000 rows). Each column is
+        cast back on the server; jsonb and array columns arrive as JSON text.
         """
         names = self.column_names
-        params = ", ".join(f"%s::{_array_param_type(t)}" for _, t in self.columns)
-        selects = ", ".join(_select_expr(c, t) for c, t in self.columns)
+        selects = ", ".join(_select_expr(i, t) for i, (_, t) in enumerate(self.columns))
         sql = (
             f"INSERT INTO {self.name} ({', '.join(names)}) "
-            f"SELECT {selects} FROM unnest({params}) AS t({', '.join(names)})"
+            f"SELECT {selects} FROM json_array_elements(%s::json) AS r"
         )
         if upsert:
             updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c not in self.key)
@@ -142,33 +148,47 @@ class Table:
     def select_sql(self) -> str:
         return f"SELECT {', '.join(self.column_names)} FROM {self.name} WHERE vshard = ANY(%s)"
 
-    def columns_of(self, records: Sequence[Any]) -> list[list[Any]]:
-        """The batch as one list per column (what ``unnest`` takes)."""
-        rows = [self.to_row(r) for r in records]
-        return [list(col) for col in zip(*rows, strict=True)]
+    def batch_json(self, records: Sequence[Any]) -> str:
+        """The batch as JSON text of positional rows (what :meth:`insert_sql` takes)."""
+        return batch_json([self.to_row(r) for r in records])
 
 
-def _array_param_type(pg_type: str) -> str:
-    if pg_type in ("jsonb", "text[]", "integer[]"):
-        return "text[]"
-    return f"{pg_type}[]"
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise CodecError(f"cannot write {type(value).__name__} value {value!r} to the database")
 
 
-def _select_expr(column: str, pg_type: str) -> str:
-    if pg_type == "jsonb":
-        return f"t.{column}::jsonb"
+def batch_json(rows: Sequence[Sequence[Any]]) -> str:
+    """Positional rows as one JSON text (datetimes as ISO 8601 with offset)."""
+    return json.dumps(rows, separators=(",", ":"), ensure_ascii=False, default=_default)
+
+
+def _select_expr(index: int, pg_type: str) -> str:
+    if pg_type == "text":
+        return f"r->>{index}"
     if pg_type == "text[]":
-        return f"ARRAY(SELECT jsonb_array_elements_text(t.{column}::jsonb))"
+        return f"ARRAY(SELECT jsonb_array_elements_text((r->>{index})::jsonb))"
     if pg_type == "integer[]":
-        return f"ARRAY(SELECT jsonb_array_elements_text(t.{column}::jsonb)::integer)"
-    return f"t.{column}"
+        return f"ARRAY(SELECT jsonb_array_elements_text((r->>{index})::jsonb)::integer)"
+    return f"(r->>{index})::{pg_type}"
 
 
 def _make_tables() -> dict[str, Table]:
     tables: dict[str, Table] = {}
 
     def extra_of(name: str) -> Callable[[Any], Any]:
-        return lambda r: tables[name].encode_extra(r)
+        """The table's ``extra`` encoder: a constant None while every field has a column."""
+        fields: list[tuple[tuple[str, Any, Any], ...]] = []
+
+        def encode(record: Any) -> str | None:
+            if not fields:
+                fields.append(tables[name].extra_fields())
+            if not fields[0]:
+                return None
+            return _json({n: enc(getattr(record, n)) for n, enc, _ in fields[0]})
+
+        return encode
 
     def build(
         name: str,

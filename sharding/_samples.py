@@ -142,25 +142,25 @@ def balance_result(key: str, account_id: str, amount_micros: int) -> BalanceResu
     )  # fmt: skip
 
 
-def debit_batch(accounts: list[Account], batch_id: int) -> Changes:
+def debit_batch(accounts: list[Account], tag: str | int) -> Changes:
     """What a batch of one charging request per account writes: a debit journal row, the
     account's new balance and the answer (the benchmark's unit of work)."""
     changes = Changes()
     for i, acc in enumerate(accounts):
         acc.balance_micros -= 1_000
-        key = f"cc:s{batch_id}-{i}#1"
+        key = f"cc:s{tag}-{i}#1"
         changes.accounts[acc.account_id] = acc
         changes.journal.append(
             JournalEntry(
                 vshard=acc.vshard, account_id=acc.account_id, idempotency_key=key, line=0,
                 kind=EntryKind.DEBIT, amount_micros=-1_000, bucket_id=None, units=0, at=T0,
-                session_id=f"s{batch_id}-{i}", request_number=1, rating_group=10,
+                session_id=f"s{tag}-{i}", request_number=1, rating_group=10,
             )
         )  # fmt: skip
         changes.answers[key] = (
             acc.vshard,
             CreditControlAnswer(
-                session_id=f"s{batch_id}-{i}", request_number=1, result_code=ResultCode.SUCCESS,
+                session_id=f"s{tag}-{i}", request_number=1, result_code=ResultCode.SUCCESS,
                 cost_micros=1_000, balance_after_micros=acc.balance_micros,
             ),
         )  # fmt: skip

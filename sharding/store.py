@@ -33,6 +33,7 @@ from sharding._rows import (
     JOURNAL,
     SESSIONS,
     SUBSCRIBERS,
+    batch_json,
     decode_answer,
     decode_balance_result,
     encode_answer,
@@ -330,40 +331,37 @@ class Store:
         if missing:
             raise ValueError(f"commit touches vshards {missing} but no epoch was given for them")
         # Encode before the transaction: a bad record fails without touching the database.
-        subscribers = SUBSCRIBERS.columns_of(list(changes.subscribers.values()))
-        accounts = ACCOUNTS.columns_of(list(changes.accounts.values()))
-        buckets = BUCKETS.columns_of(list(changes.buckets.values()))
-        sessions = SESSIONS.columns_of(list(changes.sessions.values()))
-        journal = JOURNAL.columns_of(changes.journal)
-        answers: list[list[Any]] = [[], [], [], []]
-        for key, (v, answer) in changes.answers.items():
-            answers[0].append(v)
-            answers[1].append(key)
-            answers[2].append("cc")
-            answers[3].append(encode_answer(answer))
-        for key, (v, result) in changes.balance_results.items():
-            answers[0].append(v)
-            answers[1].append(key)
-            answers[2].append("balance")
-            answers[3].append(encode_balance_result(result))
-        ended = [list(changes.ended_sessions.values()), list(changes.ended_sessions.keys())]
+        writes: list[tuple[bytes, str]] = []
+        if changes.journal:
+            writes.append((_SQL_JOURNAL, JOURNAL.batch_json(changes.journal)))
+        if changes.subscribers:
+            writes.append(
+                (_SQL_SUBSCRIBERS, SUBSCRIBERS.batch_json(list(changes.subscribers.values())))
+            )
+        if changes.accounts:
+            writes.append((_SQL_ACCOUNTS, ACCOUNTS.batch_json(list(changes.accounts.values()))))
+        if changes.buckets:
+            writes.append((_SQL_BUCKETS, BUCKETS.batch_json(list(changes.buckets.values()))))
+        if changes.sessions:
+            writes.append((_SQL_SESSIONS, SESSIONS.batch_json(list(changes.sessions.values()))))
+        if changes.ended_sessions:
+            ended = [[v, sid] for sid, v in changes.ended_sessions.items()]
+            writes.append((_SQL_END_SESSIONS, batch_json(ended)))
+        if changes.answers or changes.balance_results:
+            answers: list[tuple[int, str, str, str]] = [
+                (v, key, "cc", encode_answer(answer))
+                for key, (v, answer) in changes.answers.items()
+            ]
+            answers += [
+                (v, key, "balance", encode_balance_result(result))
+                for key, (v, result) in changes.balance_results.items()
+            ]
+            writes.append((_SQL_ANSWERS, batch_json(answers)))
         async with self._tx("commit") as conn:
             await self._check_epochs(conn, touched, epochs)
             async with conn.pipeline():
-                if journal:
-                    await conn.execute(_SQL_JOURNAL, journal)
-                if subscribers:
-                    await conn.execute(_SQL_SUBSCRIBERS, subscribers)
-                if accounts:
-                    await conn.execute(_SQL_ACCOUNTS, accounts)
-                if buckets:
-                    await conn.execute(_SQL_BUCKETS, buckets)
-                if sessions:
-                    await conn.execute(_SQL_SESSIONS, sessions)
-                if ended[0]:
-                    await conn.execute(_SQL_END_SESSIONS, ended)
-                if answers[0]:
-                    await conn.execute(_SQL_ANSWERS, answers)
+                for sql, batch in writes:
+                    await conn.execute(sql, (batch,))
 
     async def _check_epochs(
         self, conn: psycopg.AsyncConnection[Any], touched: list[int], epochs: Mapping[int, int]
@@ -512,18 +510,18 @@ _SQL_LOAD_ANSWERS = (
     " WHERE vshard = ANY(%s) AND committed_at >= now() - %s"
     " ORDER BY committed_at, idempotency_key"
 )
-_SQL_JOURNAL = JOURNAL.insert_sql(upsert=False)
-_SQL_SUBSCRIBERS = SUBSCRIBERS.insert_sql(upsert=True)
-_SQL_ACCOUNTS = ACCOUNTS.insert_sql(upsert=True)
-_SQL_BUCKETS = BUCKETS.insert_sql(upsert=True)
-_SQL_SESSIONS = SESSIONS.insert_sql(upsert=True)
+_SQL_JOURNAL = JOURNAL.insert_sql(upsert=False).encode()
+_SQL_SUBSCRIBERS = SUBSCRIBERS.insert_sql(upsert=True).encode()
+_SQL_ACCOUNTS = ACCOUNTS.insert_sql(upsert=True).encode()
+_SQL_BUCKETS = BUCKETS.insert_sql(upsert=True).encode()
+_SQL_SESSIONS = SESSIONS.insert_sql(upsert=True).encode()
 _SQL_END_SESSIONS = (
-    "DELETE FROM sessions s USING unnest(%s::integer[], %s::text[]) AS d(vshard, session_id)"
-    " WHERE s.vshard = d.vshard AND s.session_id = d.session_id"
+    b"DELETE FROM sessions s USING json_array_elements(%s::json) AS d"
+    b" WHERE s.vshard = (d->>0)::integer AND s.session_id = d->>1"
 )
 _SQL_ANSWERS = (
-    "INSERT INTO answers (vshard, idempotency_key, kind, answer)"
-    " SELECT * FROM unnest(%s::integer[], %s::text[], %s::text[], %s::text[])"
+    b"INSERT INTO answers (vshard, idempotency_key, kind, answer)"
+    b" SELECT (r->>0)::integer, r->>1, r->>2, r->>3 FROM json_array_elements(%s::json) AS r"
 )
 
 _AUDIT_QUERIES: list[tuple[str, str]] = [
