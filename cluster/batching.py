@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from actors.messages import OwnerReply, OwnerRequest, Unavailable
+from cluster.telemetry import Telemetry
+from cluster.telemetry import current as current_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class OwnerBatcher:
         queue_max: int = QUEUE_MAX_DEFAULT,
         batch_max: int = BATCH_MAX_DEFAULT,
         on_batch: Callable[[BatchRecord], None] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if queue_max < 1 or batch_max < 1:
             raise ValueError(f"queue_max and batch_max must be >= 1, got {queue_max}, {batch_max}")
@@ -80,6 +83,7 @@ class OwnerBatcher:
         self.queue_max = queue_max
         self.batch_max = batch_max
         self._on_batch = on_batch
+        self._telemetry = telemetry or current_telemetry()
         self._queue: deque[tuple[OwnerRequest, asyncio.Future[OwnerReply]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
@@ -122,7 +126,15 @@ class OwnerBatcher:
                 started = time.perf_counter()
                 failed = False
                 try:
-                    replies = await self.client.submit(requests)
+                    if self._telemetry.enabled:
+                        attributes: dict[str, str | int] = {
+                            "billing.owner": self.owner,
+                            "billing.batch.size": len(requests),
+                        }
+                        with self._telemetry.span("billing.owner.submit", attributes):
+                            replies = await self.client.submit(requests)
+                    else:
+                        replies = await self.client.submit(requests)
                     if len(replies) != len(requests):
                         raise RuntimeError(
                             f"owner {self.owner} answered {len(replies)} replies"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster import telemetry
 from cluster.frontdoor import Dispatcher, FrontDoor
 from cluster.owners import NAMESPACE, RayMapSource, RayOwnerDirectory, RayPlanService
 from cluster.telemetry import Telemetry
@@ -60,6 +61,10 @@ def init_ray(
                 " Start one (billing serve, or ray start --head) or check --address."
             ) from None
         return False
+    mode = telemetry.mode_from_env()
+    if mode != "off":  # traces cross Ray calls: each worker sets up the same exporter
+        quiet["_tracing_startup_hook"] = telemetry.RAY_TRACING_HOOK
+        quiet["runtime_env"] = {"env_vars": {telemetry.ENV: mode}}
     ray.init(
         address="local",  # always a new cluster here: joining one takes --address
         num_cpus=num_cpus if num_cpus is not None else max(os.cpu_count() or 2, 2),

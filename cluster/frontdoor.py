@@ -269,6 +269,7 @@ class Dispatcher:
                 queue_max=self._queue_max,
                 batch_max=self._batch_max,
                 on_batch=self._on_batch,
+                telemetry=self._telemetry,
             )
             self._batchers[owner] = batcher
         return batcher

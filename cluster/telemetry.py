@@ -158,3 +158,36 @@ def setup(mode: str | None = None, *, service_name: str = "billing") -> Telemetr
 def current() -> Telemetry:
     """This process's telemetry (no-op until :func:`setup` chose an exporter)."""
     return _current
+
+
+RAY_TRACING_HOOK = "cluster.telemetry:ray_tracing_startup"
+
+
+def ray_tracing_startup() -> None:
+    """Ray's ``_tracing_startup_hook``: runs in every worker of a cluster started with tracing.
+
+    Installs a global tracer provider with the exporter ``BILLING_OTEL`` names (passed to the
+    workers in the job's runtime environment). Ray then propagates the trace context of each
+    actor call, so an owner's ``submit`` span (and any span the owner records inside it, such as
+    its commit) is a child of the front door's ``billing.owner.submit`` span.
+    """
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    mode = mode_from_env()
+    if mode == "off":
+        return
+    provider = TracerProvider(resource=Resource.create({"service.name": "billing-owner"}))
+    exporter: Any
+    if mode == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        exporter = ConsoleSpanExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
