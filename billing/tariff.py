@@ -10,6 +10,41 @@ minimum charge, maximum cost, volume tiers, rounding) and bundles.
 Loading is all-or-nothing: :func:`load_plan` either returns a fully validated, compiled
 :class:`Plan` or raises :class:`TariffError` listing every problem as ``<source>: <field.path>:
 <what is wrong>``. Rating itself lives in :mod:`billing.rating`.
+
+The format, key by key (``?`` = optional, with its default; every other key is an error)::
+
+    format?: billing-tariff/1
+    plan_id: lower-case id          name: text          description?: text
+    versions:                       # effective_from strictly increasing
+      - version: 1..                effective_from: ISO date-time with UTC offset
+        # Every key below is required in the first version and inherited by later ones.
+        currency: ISO 4217          payment_mode: prepaid | postpaid | hybrid | rated_only
+        consumption_order: [bundles, prepaid, credit]   # a subset, in order of use
+        timezone: IANA name         orphan_timeout_factor?: 2
+        home_plmns?: ["20801"]      holidays?: ["2026-12-25"]      # day type "holiday"
+        time_bands?:                # absent: one band named "all"
+          default: offpeak          # in force wherever no window is
+          bands: {peak: [{days: [mon..sun | holiday], from: "08:00", to: "20:00"}]}
+        destination_groups?: {national: ["33"], mobile: ["336"]}  # longest prefix wins
+        roaming_zones?: {eu: ["262", "23415"], world: ["*"]}      # MCC-MNC, then MCC, then *
+        services:                   # how each rating group is charged online
+          - {service: voice|sms|data|content, rating_groups: [100], unit: time_s,
+             default_quota: 300, validity_time_s: 600, service_identifiers?: [],
+             quota_threshold_percent?: 0, final_unit_action?: terminate, redirect_address?,
+             credit_control?: charged | free | denied, overuse?: charge | cap}
+        rates:                      # first match in this order wins
+          - {id: voice-national, service: voice, rating_groups?: [], destination_groups?: [],
+             zones?: [home | <zone>], rate_unit: 60, price: "0.10" | {<band>: "0.10", ...},
+             initial_increment?: 1, subsequent_increment?: 1, connect_fee?: "0",
+             minimum_charge?: "0", max_cost?: none, rounding?: up | down | half_up | half_even,
+             tiers?: [{from: <cycle units>, price: ...}], description?: text}
+        bundles?:
+          - {id: minutes-500, service: voice, units: 30000, destination_groups?: [],
+             rating_groups?: [], validity_days?: none, priority?: 0, description?: text}
+
+Money is a quoted decimal string with at most 6 decimals (or a whole number), never a float.
+Keys repeated in one mapping are errors; YAML anchors and merge keys (``<<: *rate``) may share
+settings.
 """
 
 from __future__ import annotations
