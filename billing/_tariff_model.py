@@ -90,6 +90,9 @@ class RateSpec:
         for band in self.tier_prices[0]:
             self.top_by_band[band] = max(t[band] for t in self.tier_prices)
 
+    def __hash__(self) -> int:  # the price tables are dicts; equal rates share id and service
+        return hash((self.rate_id, self.service.value, self.tier_starts))
+
     def charged_units(self, units: int) -> int:
         """``units`` rounded up to the increment grid: the initial increment, then subsequent
         increments. ``charged_units(0) == 0``; monotone; ``charged_units(n) >= n``."""
@@ -160,6 +163,9 @@ class PlanVersion:
                 self._terms_by_rg[rg] = terms
             for si in terms.service_identifiers:
                 self._terms_by_si[si] = terms
+
+    def __hash__(self) -> int:  # consistent with equality; the lookup dicts are not hashable
+        return hash((self.plan_id, self.version, self.effective_from))
 
     def service_terms(
         self, rating_group: int | None, service_identifier: int | None
@@ -239,6 +245,9 @@ class Plan:
         if not starts or any(a >= b for a, b in pairwise(starts)):
             raise ValueError(f"plan {self.plan_id!r}: versions must be sorted by effective_from")
         object.__setattr__(self, "_starts", starts)
+
+    def __hash__(self) -> int:
+        return hash((self.plan_id, self._starts))
 
     def version_at(self, at: datetime) -> PlanVersion:
         """The version in force at ``at``: the last one with ``effective_from <= at``."""

@@ -143,3 +143,12 @@ def test_unknown_template_is_named() -> None:
     with pytest.raises(TariffError) as info:
         template_text("platinum")
     assert "'platinum'" in str(info.value) and "payg" in str(info.value)
+
+
+def test_plans_versions_and_rates_are_hashable_values() -> None:
+    plan = builtin_catalog().get("payg")
+    again = load_plan(template_text("payg"), source="again.yaml")
+    assert plan == again and hash(plan) == hash(again)
+    assert {plan: "x"}[again] == "x"
+    assert len({*plan.versions, *again.versions}) == 2
+    assert hash(plan.versions[0].rates[0]) == hash(again.versions[0].rates[0])
