@@ -108,6 +108,9 @@ class ChaosResult:
     load_seconds: float = 0.0
     phases: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (ok, seconds)
     errors: list[str] = field(default_factory=list)
+    moves: list[tuple[int, float]] = field(default_factory=list)  # scale-out: (vshards, seconds)
+    takeovers: list[dict[str, Any]] = field(default_factory=list)  # the monitor's decisions
+    monitor_status: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -133,6 +136,7 @@ class ChaosCluster:
         self.handles: dict[str, Any] = {}
         self.frozen: dict[int, int] = {}  # fault pair -> pid
         self.monitor: Any = None
+        self.reaping: list[asyncio.Task[None]] = []
 
     # -- bring-up ----------------------------------------------------------------------------
 
@@ -189,8 +193,10 @@ class ChaosCluster:
             "max_task_retries": 0,
             "num_cpus": 0,
             "max_concurrency": 1000,
-            # Soft: after its node is lost, Ray restarts the owner on a surviving node.
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=True),
+            # Hard: an owner lives and dies with its node, as on real machines (soft affinity let
+            # Ray place owners anywhere). After a node loss Ray cannot restart it; its vshards go
+            # to the owners of the surviving nodes, and new nodes bring new owners.
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False),
         }
 
     def _start_owners(self, node: Any) -> list[str]:
@@ -290,24 +296,59 @@ class ChaosCluster:
         shard_map = await self.manager.get_map.remote()
         return {v for o in owners for v in shard_map.vshards_of(o)}
 
-    async def add_node(self) -> list[str]:
+    async def add_node(self) -> tuple[list[str], int, float]:
+        """Add a node with new owners and rebalance onto them; (owners, vshards moved, move s)."""
         node = await asyncio.to_thread(self._new_node)
         self.nodes.append(node)
         names = self._start_owners(node)
         for name in names:
             await self.handles[name].ready.remote(120.0)
-        owners = sorted({*(await self.live_owners()), *names})
-        await self.manager.set_owners.remote(owners)
-        return names
+        before = await self.manager.get_map.remote()
+        owners = sorted({*before.owners, *names})
+        started = time.monotonic()
+        after = await self.manager.set_owners.remote(owners)
+        took = time.monotonic() - started
+        moved = sum(1 for v in range(after.vshard_count) if before.owner_of(v) != after.owner_of(v))
+        return names, moved, took
 
-    async def remove_node(self, pick: int) -> tuple[Any, list[str]]:
+    async def remove_node(self, pick: int) -> tuple[Any, list[str], set[int], float]:
+        """Lose a worker node silently, as a machine that loses power or network does.
+
+        Every process of the node (raylet, agents, the owners on it) is frozen with SIGSTOP, so
+        Ray learns of the loss only through its health checks (``RAY_health_check_*``), not from
+        a closed connection. Once the GCS has declared the node dead its processes are killed
+        for good (``Cluster.remove_node``). Returns the node, the owners that were on it, their
+        vshards and when the node went silent.
+        """
+        from failover.takeover import actor_infos
+
         if len(self.nodes) <= 1:
             raise LookupError("only one worker node left")
         node = choose(self.nodes, pick)
+        infos = await asyncio.to_thread(actor_infos)
+        owners = sorted(
+            n for n, i in infos.items() if i.state == "ALIVE" and i.node_id == node.node_id
+        )
+        vshards = await self.vshards_of(owners)
+        pids = [p.process.pid for procs in node.all_processes.values() for p in procs]
+        pids += [infos[o].pid for o in owners if infos[o].pid]
+        started = time.monotonic()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
         self.nodes.remove(node)
-        owners = self.node_owners.pop(node.node_id, [])
+        self.reaping.append(asyncio.create_task(self._reap(node)))
+        return node, owners, vshards, started
+
+    async def _reap(self, node: Any) -> None:
+        from failover.takeover import dead_nodes
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if node.node_id in await asyncio.to_thread(dead_nodes):
+                break
+            await asyncio.sleep(0.1)
         await asyncio.to_thread(self.cluster.remove_node, node, False)
-        return node, owners
 
     async def restart_postgres(self, down_ms: int) -> float:
         """Crash PostgreSQL (immediate shutdown: no checkpoint, crash recovery on start), keep it
@@ -357,6 +398,9 @@ class ChaosCluster:
         import ray
 
         from failover.takeover import stop_monitor
+
+        if self.reaping:
+            await asyncio.gather(*self.reaping, return_exceptions=True)
 
         for door in self.doors:
             with contextlib.suppress(Exception):
@@ -457,6 +501,9 @@ class Harness:
             self.result.load_seconds = time.monotonic() - t0
             await chaos.resume_all()
             self._phases(client, t0)
+            if chaos.monitor is not None:
+                self.result.takeovers = await chaos.monitor.actor.events.remote()
+                self.result.monitor_status = await chaos.monitor.actor.status.remote()
             await self._settle(chaos)
             self.say("auditing the journal against every answer...")
             ledger = await asyncio.to_thread(load_ledger, chaos.dsn)
@@ -537,17 +584,13 @@ class Harness:
             os.kill(pid, signal.SIGCONT)
             return f"pid {pid}"
         if kind is FaultKind.REMOVE_NODE:
-            vshards_before = await chaos.vshards_of(await chaos.live_owners())
-            started = time.monotonic()
-            node, owners = await chaos.remove_node(fault.pick)
-            vshards = await chaos.vshards_of(owners) if owners else set()
-            self._probe(kind, started, t0, vshards or vshards_before)
-            return f"node {node.node_id[:8]} with {', '.join(owners) or 'no owners'}"
+            node, owners, vshards, started = await chaos.remove_node(fault.pick)
+            self._probe(kind, started, t0, vshards)
+            return f"node {node.node_id[:8]} went silent with {', '.join(owners) or 'no owners'}"
         if kind is FaultKind.ADD_NODE:
-            started = time.monotonic()
-            names = await chaos.add_node()
-            took = time.monotonic() - started
-            return f"owners {', '.join(names)} joined; rebalanced in {took:.1f}s"
+            names, moved, took = await chaos.add_node()
+            self.result.moves.append((moved, took))
+            return f"owners {', '.join(names)} joined; {moved} vshards moved in {took:.2f}s"
         if kind is FaultKind.RESTART_POSTGRES:
             back = await chaos.restart_postgres(fault.duration_ms)
             self._probe_charge(kind, back, t0, client)

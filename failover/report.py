@@ -73,6 +73,31 @@ def render_result(result: ChaosResult, console: Any) -> None:
             )
     console.print(recovery)
 
+    if result.takeovers:
+        decisions = Table(title="Failover monitor decisions")
+        for column in ("owner", "verdict", "map version", "vshards moved", "publish ms", "error"):
+            decisions.add_column(column)
+        for e in result.takeovers:
+            took = (
+                f"{(e['published_at'] - e['detected_at']) * 1000:.0f}"
+                if e.get("published_at")
+                else "-"
+            )
+            decisions.add_row(
+                e["owner"],
+                e["transition"],
+                str(e.get("map_version") or "-"),
+                str(e.get("moved", 0)),
+                took,
+                e.get("error", "")[:80],
+            )
+        console.print(decisions)
+    if result.monitor_status.get("last_error"):
+        console.print(f"monitor last error: {result.monitor_status['last_error']}")
+    if result.moves:
+        moves = ", ".join(f"{n} vshards in {s:.2f}s" for n, s in result.moves)
+        console.print(f"Scale-out moves: {moves}")
+
     if result.audit is not None:
         console.print(render(result.audit))
     store = Table(title="Store SQL audit (sharding.store.Store.audit)")

@@ -215,7 +215,9 @@ class FailoverMonitor:
         manager = self._handle(self._config.manager_name)
         current = await asyncio.wait_for(manager.get_map.remote(), 5.0)
         self._watched.update(current.owners)
-        infos, gone_nodes = await asyncio.to_thread(lambda: (actor_infos(), dead_nodes()))
+        infos, gone_nodes = await asyncio.wait_for(
+            asyncio.to_thread(lambda: (actor_infos(), dead_nodes())), 5.0
+        )
         names = sorted(self._watched)
 
         async def probe(name: str) -> bool:
@@ -270,6 +272,9 @@ class FailoverMonitor:
             self._record(died, Transition.DIED, detected_at, error="no live owner to take over")
             return
         before = current.as_dict()
+        first = len(self._events)
+        self._record(died, Transition.DIED, detected_at, error="pending")
+        self._record(returned, Transition.RETURNED, detected_at, error="pending")
         error = ""
         version: int | None = None
         moved = 0
@@ -285,6 +290,7 @@ class FailoverMonitor:
             error = f"{type(exc).__name__}: {exc}"
             self._handles.pop(self._config.manager_name, None)
         published = time.time()
+        del self._events[first:]
         self._record(died, Transition.DIED, detected_at, published, version, moved, error)
         self._record(returned, Transition.RETURNED, detected_at, published, version, moved, error)
 
