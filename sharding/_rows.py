@@ -10,6 +10,7 @@ migration) is kept in the row's ``extra`` jsonb, so nothing a record holds is ev
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import typing
 from collections.abc import Callable, Sequence
@@ -83,6 +84,29 @@ def decode_balance_result(text: str) -> BalanceResult:
 _NO_EXTRA: dict[str, Any] = {}
 
 
+class _EnumLookup(dict[str, Any]):
+    """value -> member, a dict lookup (the enum's own call is ~10x slower on a 100k-row load)."""
+
+    def __init__(self, enum_type: type[enum.Enum]) -> None:
+        super().__init__((m.value, m) for m in enum_type)
+        self.enum_type = enum_type
+
+    def __missing__(self, value: str) -> Any:
+        raise CodecError(f"stored value {value!r} is not a {self.enum_type.__name__}")
+
+
+_PAYMENT_MODE = _EnumLookup(PaymentMode)
+_SERVICE_KIND = _EnumLookup(ServiceKind)
+_ENTRY_KIND = _EnumLookup(EntryKind)
+
+
+def _counters(text: str) -> dict[str, int]:
+    if text == "{}":
+        return {}
+    value: dict[str, int] = json.loads(text)
+    return value
+
+
 @cache
 def _extra_fields(cls: type, columns: frozenset[str]) -> tuple[tuple[str, Any, Any], ...]:
     """Fields of ``cls`` without a column: (name, encoder, decoder), kept in ``extra``."""
@@ -138,7 +162,7 @@ class Table:
         selects = ", ".join(_select_expr(i, t) for i, (_, t) in enumerate(self.columns))
         sql = (
             f"INSERT INTO {self.name} ({', '.join(names)}) "
-            f"SELECT {selects} FROM json_array_elements(%s::json) AS r"
+            f"SELECT {selects} FROM jsonb_array_elements(%s::jsonb) AS r"
         )
         if upsert:
             updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c not in self.key)
@@ -146,7 +170,9 @@ class Table:
         return sql
 
     def select_sql(self) -> str:
-        return f"SELECT {', '.join(self.column_names)} FROM {self.name} WHERE vshard = ANY(%s)"
+        """Rows of some vshards; jsonb columns come back as text (decoded only when needed)."""
+        cols = ", ".join(f"{c}::text" if t == "jsonb" else c for c, t in self.columns)
+        return f"SELECT {cols} FROM {self.name} WHERE vshard = ANY(%s)"
 
     def batch_json(self, records: Sequence[Any]) -> str:
         """The batch as JSON text of positional rows (what :meth:`insert_sql` takes)."""
@@ -196,8 +222,26 @@ def _make_tables() -> dict[str, Table]:
         columns: tuple[tuple[str, str], ...],
         key: tuple[str, ...],
         to_row: Callable[[Any], Row],
-        from_row: Callable[[Row], Any],
+        names: tuple[str, ...],
+        values: Callable[[Row], tuple[Any, ...]],
     ) -> None:
+        """``values(row)`` gives the fields ``names`` in that order; the record is built
+        positionally (~2.5x faster than by keyword, which counts on a 100k-row load) while
+        ``names`` is a prefix of the dataclass's fields, else by keyword."""
+        order = tuple(f.name for f in dataclasses.fields(record))
+        positional = order[: len(names)] == names
+
+        def from_row(row: Row) -> Any:
+            extra = row[-1]
+            if positional:
+                if extra is None:
+                    return record(*values(row))
+                return record(*values(row), **tables[name].decode_extra(extra))
+            kwargs = dict(zip(names, values(row), strict=True))
+            if extra is not None:
+                kwargs.update(tables[name].decode_extra(extra))
+            return record(**kwargs)
+
         tables[name] = Table(name, record, (*columns, ("extra", "jsonb")), key, to_row, from_row)
 
     sub_extra = extra_of("subscribers")
@@ -209,10 +253,8 @@ def _make_tables() -> dict[str, Table]:
         ("vshard", "subscriber_id"),
         lambda s: (s.vshard, s.subscriber_id, s.account_id, s.account_vshard, s.plan_id,
                    _aware(s.created_at, "subscriber.created_at"), sub_extra(s)),
-        lambda r: Subscriber(
-            subscriber_id=r[1], vshard=r[0], account_id=r[2], account_vshard=r[3], plan_id=r[4],
-            created_at=r[5], **tables["subscribers"].decode_extra(r[6]),
-        ),
+        ("subscriber_id", "vshard", "account_id", "account_vshard", "plan_id", "created_at"),
+        lambda r: (r[1], r[0], r[2], r[3], r[4], r[5]),
     )  # fmt: skip
 
     acc_extra = extra_of("accounts")
@@ -228,12 +270,10 @@ def _make_tables() -> dict[str, Table]:
                    a.balance_micros, a.credit_limit_micros, a.reserved_micros,
                    _aware(a.created_at, "account.created_at"), _json(a.usage_counters),
                    acc_extra(a)),
-        lambda r: Account(
-            account_id=r[1], vshard=r[0], payment_mode=PaymentMode(r[2]), currency=r[3],
-            plan_id=r[4], balance_micros=r[5], credit_limit_micros=r[6], reserved_micros=r[7],
-            created_at=r[8], usage_counters=dict(r[9]),
-            **tables["accounts"].decode_extra(r[10]),
-        ),
+        ("account_id", "vshard", "payment_mode", "currency", "plan_id", "balance_micros",
+         "credit_limit_micros", "reserved_micros", "created_at", "usage_counters"),
+        lambda r: (r[1], r[0], _PAYMENT_MODE[r[2]], r[3], r[4], r[5], r[6], r[7], r[8],
+                   _counters(r[9])),
     )  # fmt: skip
 
     bkt_extra = extra_of("buckets")
@@ -249,12 +289,10 @@ def _make_tables() -> dict[str, Table]:
                    _json(list(b.destination_groups)), _json(list(b.rating_groups)), b.units,
                    b.reserved_units, b.priority, _aware(b.valid_from, "bucket.valid_from"),
                    b.expires_at and _aware(b.expires_at, "bucket.expires_at"), bkt_extra(b)),
-        lambda r: Bucket(
-            bucket_id=r[1], account_id=r[2], vshard=r[0], bundle_id=r[3],
-            service=ServiceKind(r[4]), destination_groups=tuple(r[5]),
-            rating_groups=tuple(r[6]), units=r[7], reserved_units=r[8], priority=r[9],
-            valid_from=r[10], expires_at=r[11], **tables["buckets"].decode_extra(r[12]),
-        ),
+        ("bucket_id", "account_id", "vshard", "bundle_id", "service", "destination_groups",
+         "rating_groups", "units", "reserved_units", "priority", "valid_from", "expires_at"),
+        lambda r: (r[1], r[2], r[0], r[3], _SERVICE_KIND[r[4]], tuple(r[5]), tuple(r[6]), r[7],
+                   r[8], r[9], r[10], r[11]),
     )  # fmt: skip
 
     ses_extra = extra_of("sessions")
@@ -272,12 +310,11 @@ def _make_tables() -> dict[str, Table]:
                    _aware(s.last_seen_at, "session.last_seen_at"),
                    _aware(s.expires_at, "session.expires_at"), s.next_request_number,
                    _json(_enc_reservations(s.reservations)), ses_extra(s)),
-        lambda r: Session(
-            session_id=r[1], vshard=r[0], subscriber_id=r[2], account_id=r[3], plan_id=r[4],
-            destination=r[5], visited_plmn=r[6], started_at=r[7], last_seen_at=r[8],
-            expires_at=r[9], next_request_number=r[10],
-            reservations=_dec_reservations(r[11]), **tables["sessions"].decode_extra(r[12]),
-        ),
+        ("session_id", "vshard", "subscriber_id", "account_id", "plan_id", "destination",
+         "visited_plmn", "started_at", "last_seen_at", "expires_at", "next_request_number",
+         "reservations"),
+        lambda r: (r[1], r[0], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                   _dec_reservations(json.loads(r[11]))),
     )  # fmt: skip
 
     jnl_extra = extra_of("journal")
@@ -294,12 +331,11 @@ def _make_tables() -> dict[str, Table]:
                    j.amount_micros, j.bucket_id, j.units, _aware(j.at, "journal.at"),
                    j.session_id, j.request_number, j.rating_group, j.record_id, j.note,
                    jnl_extra(j)),
-        lambda r: JournalEntry(
-            vshard=r[0], account_id=r[3], idempotency_key=r[1], line=r[2],
-            kind=EntryKind(r[4]), amount_micros=r[5], bucket_id=r[6], units=r[7], at=r[8],
-            session_id=r[9], request_number=r[10], rating_group=r[11], record_id=r[12],
-            note=r[13], **tables["journal"].decode_extra(r[14]),
-        ),
+        ("vshard", "account_id", "idempotency_key", "line", "kind", "amount_micros",
+         "bucket_id", "units", "at", "session_id", "request_number", "rating_group",
+         "record_id", "note"),
+        lambda r: (r[0], r[3], r[1], r[2], _ENTRY_KIND[r[4]], r[5], r[6], r[7], r[8], r[9],
+                   r[10], r[11], r[12], r[13]),
     )  # fmt: skip
     return tables
 

@@ -516,12 +516,12 @@ _SQL_ACCOUNTS = ACCOUNTS.insert_sql(upsert=True).encode()
 _SQL_BUCKETS = BUCKETS.insert_sql(upsert=True).encode()
 _SQL_SESSIONS = SESSIONS.insert_sql(upsert=True).encode()
 _SQL_END_SESSIONS = (
-    b"DELETE FROM sessions s USING json_array_elements(%s::json) AS d"
+    b"DELETE FROM sessions s USING jsonb_array_elements(%s::jsonb) AS d"
     b" WHERE s.vshard = (d->>0)::integer AND s.session_id = d->>1"
 )
 _SQL_ANSWERS = (
     b"INSERT INTO answers (vshard, idempotency_key, kind, answer)"
-    b" SELECT (r->>0)::integer, r->>1, r->>2, r->>3 FROM json_array_elements(%s::json) AS r"
+    b" SELECT (r->>0)::integer, r->>1, r->>2, r->>3 FROM jsonb_array_elements(%s::jsonb) AS r"
 )
 
 _AUDIT_QUERIES: list[tuple[str, str]] = [
