@@ -95,7 +95,7 @@ def rate_specs(draw: st.DrawFn, splittable: bool = False) -> dict[str, Any]:
     return spec
 
 
-def build(spec: dict[str, Any]) -> Plan:
+def build(spec: dict[str, Any], later: tuple[datetime, dict[str, Any]] | None = None) -> Plan:
     version = {
         "version": 1,
         "effective_from": "2026-01-01T00:00:00+00:00",
@@ -134,7 +134,20 @@ def build(spec: dict[str, Any]) -> Plan:
             {"id": "data", "service": "data", **spec},
         ],
     }
-    doc = {"plan_id": "p", "name": "Generated", "versions": [version]}
+    versions: list[dict[str, Any]] = [version]
+    if later is not None:
+        effective, spec2 = later
+        versions.append(
+            {
+                "version": 2,
+                "effective_from": effective.isoformat(),
+                "rates": [
+                    {"id": "voice", "service": "voice", **spec2},
+                    {"id": "data", "service": "data", **spec2},
+                ],
+            }
+        )
+    doc = {"plan_id": "p", "name": "Generated", "versions": versions}
     return load_plan(yaml.safe_dump(doc, sort_keys=False), source="generated.yaml")
 
 
@@ -253,3 +266,34 @@ def test_reservation_covers_voice_running_past_a_band_change_after_validity(
     reserved = reservation_price(usage(voice, granted, start), plan)
     later = start + timedelta(seconds=VALIDITY_S)
     assert rate(usage(voice, granted, later), plan).cost_micros <= reserved
+
+
+@SETTINGS
+@given(
+    rate_specs(),
+    rate_specs(),
+    services,
+    st.integers(1, 4000),
+    st.integers(-VALIDITY_S, 2 * VALIDITY_S),
+    st.integers(0, VALIDITY_S),
+    st.integers(0, 4000),
+    starts,
+)
+def test_reservation_covers_a_new_version_taking_effect_in_the_window(
+    spec1: dict[str, Any],
+    spec2: dict[str, Any],
+    service: tuple[ServiceKind, int],
+    granted: int,
+    change_s: int,
+    delay_s: int,
+    used: int,
+    start: datetime,
+) -> None:
+    change = start + timedelta(seconds=change_s)
+    if change <= datetime(2026, 1, 1, tzinfo=UTC):
+        return
+    plan = build(spec1, (change, spec2))
+    reserved = reservation_price(usage(service, granted, start), plan)
+    later = start + timedelta(seconds=delay_s)
+    actual = rate(usage(service, min(used, granted), later), plan)
+    assert actual.cost_micros <= reserved
