@@ -21,13 +21,15 @@ without such a subscriber, or with open reservations, simply stays hot.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Hashable, Iterable, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from billing.protocol import PaymentMode
-from billing.state import Account, Subscriber
+from billing.protocol import PaymentMode, ServiceKind
+from billing.state import Account, Bucket, Subscriber
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -38,7 +40,30 @@ _ACC = struct.Struct("<iBHHqqqq")
 _HAS_ACCOUNT = 1
 _FOREIGN_ACCOUNT_ID = 2  # account_id differs from the subscriber id: stored after the fields
 _HAS_COUNTERS = 4
+_HAS_BUCKETS = 8
 _MODES = tuple(PaymentMode)
+_SERVICES = tuple(ServiceKind)
+# bundle(u16) service(u8) destination_groups(u16) rating_groups(u16) units reserved(i64 x2)
+# priority(i32) valid_from_us expires_us(i64 x2; _NEVER = no expiry) id_suffix_len(u16)
+_BUCKET = struct.Struct("<HBHHqqiqqH")
+_NEVER = -(2**63)
+
+# The packed layout knows these fields; a field added to the domain's records must be added here
+# too. Until then nothing is packed (everything stays hot: correct, only bigger).
+_KNOWN_FIELDS = {
+    Subscriber: ("subscriber_id", "vshard", "account_id", "account_vshard", "plan_id", "created_at"),
+    Account: (
+        "account_id", "vshard", "payment_mode", "currency", "plan_id", "balance_micros",
+        "credit_limit_micros", "reserved_micros", "created_at", "usage_counters",
+    ),
+    Bucket: (
+        "bucket_id", "account_id", "vshard", "bundle_id", "service", "destination_groups",
+        "rating_groups", "units", "reserved_units", "priority", "valid_from", "expires_at",
+    ),
+}  # fmt: skip
+PACKING_ENABLED = all(
+    tuple(f.name for f in dataclasses.fields(cls)) == names for cls, names in _KNOWN_FIELDS.items()
+)
 
 
 def _us(at: datetime) -> int:
@@ -50,25 +75,25 @@ def _at(us: int) -> datetime:
 
 
 class _Strings:
-    """A small table of repeated strings (plan ids, currencies) addressed by index."""
+    """A small table of repeated values (plan ids, currencies, bundle ids, group tuples)."""
 
     __slots__ = ("_index", "_values")
 
     def __init__(self) -> None:
-        self._values: list[str] = []
-        self._index: dict[str, int] = {}
+        self._values: list[Any] = []
+        self._index: dict[Hashable, int] = {}
 
-    def index(self, value: str) -> int:
+    def index(self, value: Hashable) -> int:
         found = self._index.get(value)
         if found is None:
             found = len(self._values)
             if found > 0xFFFF:
-                raise OverflowError("more than 65,535 distinct plan ids or currencies")
+                raise OverflowError("more than 65,535 distinct plan ids, currencies or bundles")
             self._values.append(value)
             self._index[value] = found
         return found
 
-    def value(self, index: int) -> str:
+    def value(self, index: int) -> Any:
         return self._values[index]
 
 
@@ -79,6 +104,8 @@ class Directory:
         "_accounts_cold",
         "_strings",
         "accounts",
+        "buckets",
+        "buckets_by_account",
         "cold",
         "hot_accounts",
         "hot_subscribers",
@@ -89,6 +116,9 @@ class Directory:
         self.cold: dict[str, bytes] = {}
         self.hot_subscribers: dict[str, Subscriber] = {}
         self.hot_accounts: dict[str, Account] = {}
+        # The state's bucket dicts (plain dicts: hot buckets only); pass them to ShardState.
+        self.buckets: dict[str, Bucket] = {}
+        self.buckets_by_account: dict[str, list[str]] = {}
         self._accounts_cold = 0  # cold records that hold an account
         self._strings = _Strings()
         self.subscribers = SubscriberMap(self)
@@ -96,7 +126,64 @@ class Directory:
 
     # -- packing ---------------------------------------------------------------------------------
 
-    def _pack(self, subscriber: Subscriber, account: Account | None) -> bytes:
+    def _pack_buckets(self, key: str, buckets: list[Bucket]) -> bytes:
+        parts = [struct.pack("<H", len(buckets))]
+        prefix = key + "/"
+        for b in buckets:
+            suffix = b.bucket_id[len(prefix) :] if b.bucket_id.startswith(prefix) else None
+            text = (suffix if suffix is not None else b.bucket_id).encode()
+            parts.append(
+                _BUCKET.pack(
+                    self._strings.index(b.bundle_id),
+                    _SERVICES.index(b.service),
+                    self._strings.index(b.destination_groups),
+                    self._strings.index(b.rating_groups),
+                    b.units,
+                    b.reserved_units,
+                    b.priority,
+                    _us(b.valid_from),
+                    _NEVER if b.expires_at is None else _us(b.expires_at),
+                    (len(text) << 1) | (suffix is not None),
+                )
+            )
+            parts.append(text)
+        return b"".join(parts)
+
+    def _unpack_buckets(
+        self, key: str, vshard: int, record: bytes, offset: int
+    ) -> tuple[list[Bucket], int]:
+        (count,) = struct.unpack_from("<H", record, offset)
+        offset += 2
+        buckets = []
+        for _ in range(count):
+            bundle, service, groups, rgs, units, reserved, priority, start, end, text = (
+                _BUCKET.unpack_from(record, offset)
+            )
+            offset += _BUCKET.size
+            size = text >> 1
+            name = record[offset : offset + size].decode()
+            offset += size
+            buckets.append(
+                Bucket(
+                    bucket_id=f"{key}/{name}" if text & 1 else name,
+                    account_id=key,
+                    vshard=vshard,
+                    bundle_id=self._strings.value(bundle),
+                    service=_SERVICES[service],
+                    destination_groups=self._strings.value(groups),
+                    rating_groups=self._strings.value(rgs),
+                    units=units,
+                    reserved_units=reserved,
+                    priority=priority,
+                    valid_from=_at(start),
+                    expires_at=None if end == _NEVER else _at(end),
+                )
+            )
+        return buckets, offset
+
+    def _pack(
+        self, subscriber: Subscriber, account: Account | None, buckets: list[Bucket]
+    ) -> bytes:
         flags = 0
         tail = b""
         if subscriber.account_id != subscriber.subscriber_id:
@@ -119,6 +206,9 @@ class Directory:
                 flags |= _HAS_COUNTERS
                 counters = json.dumps(account.usage_counters, separators=(",", ":")).encode()
                 head += struct.pack("<H", len(counters)) + counters
+            if buckets:
+                flags |= _HAS_BUCKETS
+                head += self._pack_buckets(account.account_id, buckets)
         return (
             _SUB.pack(
                 flags,
@@ -131,10 +221,11 @@ class Directory:
             + tail
         )
 
-    def _unpack(self, key: str, record: bytes) -> tuple[Subscriber, Account | None]:
+    def _unpack(self, key: str, record: bytes) -> tuple[Subscriber, Account | None, list[Bucket]]:
         flags, vshard, account_vshard, plan, created = _SUB.unpack_from(record)
         offset = _SUB.size
         account: Account | None = None
+        buckets: list[Bucket] = []
         if flags & _HAS_ACCOUNT:
             a_vshard, mode, currency, a_plan, balance, credit, reserved, a_created = (
                 _ACC.unpack_from(record, offset)
@@ -146,6 +237,8 @@ class Directory:
                 offset += 2
                 counters = json.loads(record[offset : offset + size])
                 offset += size
+            if flags & _HAS_BUCKETS:
+                buckets, offset = self._unpack_buckets(key, a_vshard, record, offset)
             account = Account(
                 account_id=key,
                 vshard=a_vshard,
@@ -167,7 +260,7 @@ class Directory:
             plan_id=self._strings.value(plan),
             created_at=_at(created),
         )
-        return subscriber, account
+        return subscriber, account, buckets
 
     @staticmethod
     def _has_account(record: bytes) -> bool:
@@ -180,11 +273,15 @@ class Directory:
         record = self.cold.pop(key, None)
         if record is None:
             return False
-        subscriber, account = self._unpack(key, record)
+        subscriber, account, buckets = self._unpack(key, record)
         self.hot_subscribers[key] = subscriber
         if account is not None:
             self._accounts_cold -= 1
             self.hot_accounts[key] = account
+        if buckets:
+            for bucket in buckets:
+                self.buckets[bucket.bucket_id] = bucket
+            self.buckets_by_account[key] = [b.bucket_id for b in buckets]
         return True
 
     def freeze(self, keys: Iterable[str], *, keep: set[str] | frozenset[str] = frozenset()) -> int:
@@ -193,39 +290,55 @@ class Directory:
         Call only when nothing is pending: the frozen record must be the committed truth.
         Subscribers in ``keep`` (guests held for other owners) stay hot.
         """
+        if not PACKING_ENABLED:
+            return 0
         frozen = 0
         for key in keys:
             subscriber = self.hot_subscribers.get(key)
             if subscriber is None or key in keep:
                 continue
             account = self.hot_accounts.get(key)
+            ids = self.buckets_by_account.get(key, ()) if account is not None else ()
+            buckets = [self.buckets[i] for i in ids]
             if account is not None and (
-                account.reserved_micros or account.vshard != subscriber.vshard
+                account.reserved_micros
+                or account.vshard != subscriber.vshard
+                or any(
+                    b.reserved_units or b.account_id != key or b.vshard != account.vshard
+                    for b in buckets
+                )
             ):
                 continue
-            self.cold[key] = self._pack(subscriber, account)
+            self.cold[key] = self._pack(subscriber, account, buckets)
             del self.hot_subscribers[key]
             if account is not None:
                 del self.hot_accounts[key]
                 self._accounts_cold += 1
+            if buckets:
+                del self.buckets_by_account[key]
+                for bucket in buckets:
+                    del self.buckets[bucket.bucket_id]
             frozen += 1
         return frozen
 
     def freeze_all(self, *, keep: set[str] | frozenset[str] = frozenset()) -> int:
         return self.freeze(list(self.hot_subscribers), keep=keep)
 
-    def absorb(self, subscribers: dict[str, Subscriber], accounts: dict[str, Account]) -> None:
-        """Take freshly loaded records: idle pairs go straight to cold, the rest stay hot."""
-        for key, subscriber in subscribers.items():
-            self.cold.pop(key, None)
-            self.hot_subscribers[key] = subscriber
-            account = accounts.get(key)
-            if account is not None:
-                self.hot_accounts[key] = account
-            self.freeze((key,))
+    def absorb(
+        self,
+        subscribers: dict[str, Subscriber],
+        accounts: dict[str, Account],
+        buckets: dict[str, Bucket],
+        buckets_by_account: dict[str, list[str]],
+    ) -> None:
+        """Take freshly loaded records: idle ones go straight to cold, the rest stay hot."""
+        self.buckets.update(buckets)
+        self.buckets_by_account.update(buckets_by_account)
         for key, account in accounts.items():
-            if key not in subscribers:
-                self.hot_accounts[key] = account
+            self.hot_accounts[key] = account
+        for key, subscriber in subscribers.items():
+            self.hot_subscribers[key] = subscriber
+            self.freeze((key,))
 
     def drop_vshards(self, vshards: set[int]) -> None:
         """Forget every subscriber and account of ``vshards`` (they moved to another owner)."""
@@ -236,6 +349,13 @@ class Directory:
             del self.hot_subscribers[key]
         for key in [k for k, a in self.hot_accounts.items() if a.vshard in vshards]:
             del self.hot_accounts[key]
+        for key in [k for k, b in self.buckets.items() if b.vshard in vshards]:
+            bucket = self.buckets.pop(key)
+            ids = self.buckets_by_account.get(bucket.account_id)
+            if ids is not None and key in ids:
+                ids.remove(key)
+                if not ids:
+                    del self.buckets_by_account[bucket.account_id]
 
 
 class SubscriberMap(MutableMapping[str, Subscriber]):

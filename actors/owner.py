@@ -671,6 +671,8 @@ class ShardOwner:
         return ShardState(
             subscribers=cast(dict[str, Subscriber], directory.subscribers),
             accounts=cast(dict[str, Account], directory.accounts),
+            buckets=directory.buckets,
+            buckets_by_account=directory.buckets_by_account,
         )
 
     async def _load_into(
@@ -683,9 +685,7 @@ class ShardOwner:
         for first in range(0, len(ordered), step):
             part = ShardState()
             await self._store.load(ordered[first : first + step], part)
-            directory.absorb(part.subscribers, part.accounts)
-            state.buckets.update(part.buckets)
-            state.buckets_by_account.update(part.buckets_by_account)
+            directory.absorb(part.subscribers, part.accounts, part.buckets, part.buckets_by_account)
             state.sessions.update(part.sessions)
             state.answers.update(part.answers)
             state.balance_results.update(part.balance_results)
@@ -697,13 +697,6 @@ class ShardOwner:
         state = self._state
         for v in vshards:
             self._epochs.pop(v, None)
-        for bid in [k for k, b in state.buckets.items() if b.vshard in vshards]:
-            bucket = state.buckets.pop(bid)
-            ids = state.buckets_by_account.get(bucket.account_id)
-            if ids is not None and bid in ids:
-                ids.remove(bid)
-                if not ids:
-                    del state.buckets_by_account[bucket.account_id]
         self._directory.drop_vshards(vshards)
         for sid in [k for k, s in state.sessions.items() if s.vshard in vshards]:
             del state.sessions[sid]

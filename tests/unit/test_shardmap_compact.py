@@ -6,14 +6,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.compact import Directory
+from actors.compact import PACKING_ENABLED, Directory
 from billing.accounts import apply_balance, balance_view, provision_subscriber
 from billing.ledger import audit
-from billing.protocol import BalanceCommand, PaymentMode
-from billing.state import Account, ShardState, Subscriber
+from billing.protocol import BalanceCommand, PaymentMode, ServiceKind
+from billing.state import Account, Bucket, ShardState, Subscriber
 from billing.tariff import builtin_catalog
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -28,7 +29,15 @@ def _state(d: Directory) -> ShardState:
     return ShardState(
         subscribers=cast(dict[str, Subscriber], d.subscribers),
         accounts=cast(dict[str, Account], d.accounts),
+        buckets=d.buckets,
+        buckets_by_account=d.buckets_by_account,
     )
+
+
+def test_packing_knows_every_field_of_the_records() -> None:
+    # Fails when a field is added to Subscriber/Account/Bucket: teach actors/compact.py about it
+    # (until then the owner keeps everything unpacked, which is correct but bigger).
+    assert PACKING_ENABLED
 
 
 @settings(derandomize=True, max_examples=200)
@@ -83,8 +92,62 @@ def test_reserved_accounts_and_guests_stay_hot() -> None:
     assert "a" not in d.subscribers and "a" not in d.accounts and len(d.accounts) == 0
 
 
-def test_domain_runs_on_compact_state() -> None:
-    plan = builtin_catalog().get("payg")
+@settings(derandomize=True, max_examples=100)
+@given(
+    units=st.lists(st.integers(0, 2**62), min_size=1, max_size=4),
+    expires=st.lists(st.one_of(st.none(), times), min_size=4, max_size=4),
+    own_ids=st.lists(st.booleans(), min_size=4, max_size=4),
+)
+def test_buckets_pack_losslessly(
+    units: list[int], expires: list[datetime | None], own_ids: list[bool]
+) -> None:
+    d = Directory()
+    d.subscribers["k"] = Subscriber("k", 3, "k", 3, "p", NOW)
+    d.accounts["k"] = Account("k", 3, PaymentMode.POSTPAID, "EUR", "p", -5, 100, 0, NOW)
+    buckets = [
+        Bucket(
+            bucket_id=f"k/b{i}@x" if own_ids[i] else f"other-{i}",
+            account_id="k",
+            vshard=3,
+            bundle_id=f"b{i % 2}",
+            service=list(ServiceKind)[i % 4],
+            destination_groups=("national",) if i % 2 else (),
+            rating_groups=(10, 20) if i % 2 else (),
+            units=u,
+            reserved_units=0,
+            priority=i,
+            valid_from=NOW,
+            expires_at=expires[i],
+        )
+        for i, u in enumerate(units)
+    ]
+    for b in buckets:
+        d.buckets[b.bucket_id] = b
+    d.buckets_by_account["k"] = [b.bucket_id for b in buckets]
+    assert d.freeze(["k"]) == 1
+    assert not d.buckets and not d.buckets_by_account
+    assert d.accounts["k"].balance_micros == -5
+    assert d.buckets_by_account["k"] == [b.bucket_id for b in buckets]
+    assert [d.buckets[b.bucket_id] for b in buckets] == buckets
+
+
+def test_reserved_bucket_stays_hot() -> None:
+    d = Directory()
+    d.subscribers["k"] = Subscriber("k", 3, "k", 3, "p", NOW)
+    d.accounts["k"] = Account("k", 3, PaymentMode.POSTPAID, "EUR", "p", 0, 0, 0, NOW)
+    bucket = Bucket("k/b", "k", 3, "b", ServiceKind.SMS, (), (), 10, 1, 1, NOW, None)
+    d.buckets["k/b"] = bucket
+    d.buckets_by_account["k"] = ["k/b"]
+    assert d.freeze(["k"]) == 0
+    bucket.reserved_units = 0
+    assert d.freeze(["k"]) == 1
+    d.drop_vshards({3})
+    assert not d.cold and "k" not in d.subscribers
+
+
+@pytest.mark.parametrize("plan_id", ["payg", "postpaid-monthly", "hybrid"])
+def test_domain_runs_on_compact_state(plan_id: str) -> None:
+    plan = builtin_catalog().get(plan_id)
     d = Directory()
     state = _state(d)
     for i in range(50):
@@ -95,7 +158,7 @@ def test_domain_runs_on_compact_state() -> None:
             plan=plan,
             payment_mode=None,
             initial_balance_micros=1_000_000 * i,
-            credit_limit_micros=0,
+            credit_limit_micros=0 if plan_id == "payg" else 5_000_000,
             currency=None,
             now=NOW,
         )
@@ -107,5 +170,7 @@ def test_domain_runs_on_compact_state() -> None:
     assert result.balance_after_micros == 7_000_005
     journal += state.take_changes().journal
     d.freeze(["s7"])
-    assert balance_view(state, "s7", now=NOW).balance_micros == 7_000_005
+    view = balance_view(state, "s7", now=NOW)
+    assert view.balance_micros == 7_000_005
+    assert len(view.buckets) == len(plan.version_at(NOW).bundles)
     assert audit(state, journal) == []
