@@ -5,7 +5,7 @@
   long-poll :meth:`wait_for_version`; owners read it when they (re)start and take over their
   vshards themselves. A crashed owner restarts under the same name, so it gets the same vshards
   back (its takeover bumps their epochs); nothing in the map changes.
-- :meth:`set_owners` and :meth:`move` change the map with the fewest moves
+- :meth:`set_owners`, :meth:`take_over_from` (node loss) and :meth:`move` change the map with the fewest moves
   (:func:`sharding.shardmap.rebalance`), persist it, then tell the owners: first the ones giving
   vshards away (they drop them), then the ones receiving (they take over: epoch bump + load).
   Ownership is proven by the epochs, so a stale map anywhere costs a NotOwner and a retry only.
@@ -39,7 +39,7 @@ from sharding.vshard import check_vshard_count
 
 log = logging.getLogger(__name__)
 
-_PUSH_TIMEOUT_S = 60.0
+_PUSH_TIMEOUT_S = 30.0  # a slow or dead owner reads the map itself when it (re)starts
 
 
 def _record(m: ShardMap) -> ShardMapRecord:
