@@ -376,10 +376,28 @@ def account_buckets(state: ShardState, account_id: str) -> list[Bucket]:
         return []
     buckets = state.buckets
     found = [buckets[i] for i in ids]
-    if len(found) > 1:
-        found.sort(key=_consumption_key)
+    if len(found) > 1 and not _in_order(found):
+        found.sort(key=consumption_key)
         ids[:] = [b.bucket_id for b in found]
     return found
+
+
+def _in_order(buckets: list[Bucket]) -> bool:
+    """True when ``buckets`` are already in consumption order (the usual case: no sort)."""
+    prev = buckets[0]
+    for bucket in buckets[1:]:
+        if bucket.priority != prev.priority:
+            if bucket.priority < prev.priority:
+                return False
+        elif bucket.expires_at != prev.expires_at:
+            if prev.expires_at is None or (
+                bucket.expires_at is not None and bucket.expires_at < prev.expires_at
+            ):
+                return False
+        elif bucket.bucket_id < prev.bucket_id:
+            return False
+        prev = bucket
+    return True
 
 
 def index_bucket(state: ShardState, bucket: Bucket) -> None:
@@ -389,10 +407,10 @@ def index_bucket(state: ShardState, bucket: Bucket) -> None:
     ids = state.buckets_by_account.setdefault(bucket.account_id, [])
     ids.append(bucket.bucket_id)
     if len(ids) > 1:
-        ids.sort(key=lambda i: _consumption_key(state.buckets[i]))
+        ids.sort(key=lambda i: consumption_key(state.buckets[i]))
 
 
-def _consumption_key(bucket: Bucket) -> tuple[int, float, str]:
+def consumption_key(bucket: Bucket) -> tuple[int, float, str]:
     expiry = bucket.expires_at.timestamp() if bucket.expires_at is not None else float("inf")
     return (bucket.priority, expiry, bucket.bucket_id)
 

@@ -61,7 +61,7 @@ __all__ = [
 
 MAX_SERVICES = 64  # service entries per request
 MAX_USED_PARTS = 8  # used-units reports per service entry
-MAX_UNITS = 10**15  # any single unit amount
+MAX_UNITS = 2**50 - 1  # any single unit amount (about 1.1e15)
 _UNIT_FIELDS = (
     "time_s",
     "total_octets",
@@ -73,21 +73,23 @@ _UNIT_FIELDS = (
 
 
 def _check_units(units: Units, where: str) -> str | None:
-    values = (
-        units.time_s,
-        units.total_octets,
-        units.input_octets,
-        units.output_octets,
-        units.service_units,
-        units.money_micros,
+    # Bitwise OR of the amounts is negative iff one is, and (MAX_UNITS being 2**50 - 1) above
+    # MAX_UNITS iff one is: one comparison for the common, valid case.
+    combined = (
+        units.time_s
+        | units.total_octets
+        | units.input_octets
+        | units.output_octets
+        | units.service_units
+        | units.money_micros
     )
-    if min(values) >= 0 and max(values) <= MAX_UNITS:
+    if 0 <= combined <= MAX_UNITS:
         return None
     for name in _UNIT_FIELDS:
         value = getattr(units, name)
         if not 0 <= value <= MAX_UNITS:
             return f"{where}.{name}: must be in [0, {MAX_UNITS}], got {value}"
-    return None
+    return None  # pragma: no cover - the combined check above is exact
 
 
 def validate(request: CreditControlRequest) -> tuple[ResultCode, str] | None:
@@ -121,9 +123,12 @@ def validate(request: CreditControlRequest) -> tuple[ResultCode, str] | None:
         ident = (entry.rating_group, entry.service_identifier)
         if ident == (None, None):
             return missing, f"services[{index}]: rating_group or service_identifier is missing"
-        if ident in seen:
-            return invalid, f"services[{index}]: rating group {ident[0]} appears twice"
-        seen.add(ident)
+        if index:
+            if ident in seen:
+                return invalid, f"services[{index}]: rating group {ident[0]} appears twice"
+            seen.add(ident)
+        elif len(services) > 1:
+            seen.add(ident)
         if entry.requested is not None:
             problem = _check_units(entry.requested, f"services[{index}].requested")
             if problem:

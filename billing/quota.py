@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from billing.accounts import Poster, account_buckets, available_micros, money_floor
+from billing.accounts import Poster, available_micros, consumption_key, money_floor
 from billing.protocol import PaymentMode, ServiceKind
 from billing.rating import (
     UsageEvent,
@@ -41,6 +41,8 @@ _SWITCH_HORIZON = timedelta(hours=6)
 # (plan id, service) -> (from, horizon, first switch in (from, horizon) or None): one answer of
 # rating.next_tariff_switch over a long window, reused while it still decides a shorter one.
 _SWITCHES: dict[tuple[str, ServiceKind], tuple[Plan, datetime, datetime, datetime | None]] = {}
+# (plan id, service, s0, rating group, destination, visited network, units) -> (plan, price)
+_PRICES: dict[tuple[object, ...], tuple[Plan, int]] = {}
 
 
 @dataclass(slots=True)
@@ -114,18 +116,25 @@ def matching_buckets(
     funds: Funds, service: ServiceKind, rating_group: int | None, at: datetime
 ) -> list[Bucket]:
     """The account's buckets usable at ``at`` for this usage, in consumption order."""
-    buckets = account_buckets(funds.state, funds.account.account_id)
-    if not buckets:
-        return buckets
+    ids = funds.state.buckets_by_account.get(funds.account.account_id)
+    if not ids:
+        return []
+    buckets = funds.state.buckets
     found = []
-    for bucket in buckets:
-        if bucket.service is not service or not bucket.usable_at(at):
+    for bucket_id in ids:
+        bucket = buckets[bucket_id]
+        if bucket.service is not service:
             continue
+        expires_at = bucket.expires_at
+        if (expires_at is not None and at >= expires_at) or at < bucket.valid_from:
+            continue  # not usable at ``at``: expired units are never used
         if bucket.rating_groups and rating_group not in bucket.rating_groups:
             continue
         if bucket.destination_groups and funds.destination_group not in bucket.destination_groups:
             continue
         found.append(bucket)
+    if len(found) > 1:
+        found.sort(key=consumption_key)
     return found
 
 
@@ -157,29 +166,16 @@ def reserve(
             left = 0
         elif funds.use_money:
             budget = available_micros(account, funds.floor)
-            usage = UsageEvent(
-                service=service,
-                units=left,
-                start=now,
-                rating_group=rating_group,
-                destination=funds.destination,
-                visited_plmn=funds.visited_plmn,
-            )
-            money = reservation_price(usage, funds.plan, at=now)
+            money = worst_price(funds, terms, rating_group, left, now)
             affordable = left
             if money > budget:  # only then search for what the budget covers
+                usage = UsageEvent(
+                    service, left, now, rating_group, funds.destination, funds.visited_plmn
+                )
                 affordable = affordable_units(usage, funds.plan, budget, at=now)
-                money = 0
-                if affordable:
-                    usage = UsageEvent(
-                        service=service,
-                        units=affordable,
-                        start=now,
-                        rating_group=rating_group,
-                        destination=funds.destination,
-                        visited_plmn=funds.visited_plmn,
-                    )
-                    money = reservation_price(usage, funds.plan, at=now)
+                money = (
+                    worst_price(funds, terms, rating_group, affordable, now) if affordable else 0
+                )
             assert 0 <= money <= budget, "a hold must fit what is available"
             left -= affordable
     validity = terms.validity_time_s
@@ -333,27 +329,67 @@ def charge(
     return apply_usage(funds, poster, terms, rating_group, priced)
 
 
-def tariff_switch(
-    plan: Plan, service: ServiceKind, start: datetime, until: datetime
-) -> datetime | None:
-    """``rating.next_tariff_switch(plan, service, start, until)``, memoised per plan and service.
+def _steady_since(plan: Plan, service: ServiceKind, start: datetime, until: datetime) -> datetime:
+    """Refresh the memo for ``(plan, service)`` so it decides ``(start, until)``; return its ``s0``.
 
-    One long window ``(s0, s0 + 6 h)`` is asked once; while ``start`` stays at or after ``s0`` and
-    before its first switch (or, with no switch, while ``until`` stays inside it) the answer for
-    ``(start, until)`` follows exactly: no switch lies in ``(s0, first)``.
+    The memo holds one answer of ``rating.next_tariff_switch`` over a long window
+    ``(s0, s0 + 6 h)``: its first switch (or none). No switch lies in ``(s0, first)``.
     """
     key = (plan.plan_id, service)
     known = _SWITCHES.get(key)
     if known is not None and known[0] is plan:
         _, since, horizon, first = known
-        if since <= start:
-            if first is not None and start < first:
-                return first if first < until else None
-            if first is None and until <= horizon:
-                return None
-    horizon = start + _SWITCH_HORIZON
-    first = next_tariff_switch(plan, service, start, max(horizon, until))
+        if since <= start and (start < first if first is not None else until <= horizon):
+            return since
+    horizon = max(start + _SWITCH_HORIZON, until)
+    first = next_tariff_switch(plan, service, start, horizon)
     if len(_SWITCHES) > 4096:
         _SWITCHES.clear()
-    _SWITCHES[key] = (plan, start, max(horizon, until), first)
-    return first if first is not None and first < until else None
+    _SWITCHES[key] = (plan, start, horizon, first)
+    return start
+
+
+def tariff_switch(
+    plan: Plan, service: ServiceKind, start: datetime, until: datetime
+) -> datetime | None:
+    """``rating.next_tariff_switch(plan, service, start, until)``, memoised per plan and service.
+
+    While ``start`` stays at or after the memo's ``s0`` and before its first switch (or, with no
+    switch, while ``until`` stays inside its window) the answer for ``(start, until)`` follows
+    exactly, because no switch lies in ``(s0, first)``.
+    """
+    _steady_since(plan, service, start, until)
+    first = _SWITCHES[(plan.plan_id, service)][3]
+    return first if first is not None and start < first < until else None
+
+
+def worst_price(
+    funds: Funds, terms: ServiceTerms, rating_group: int, units: int, now: datetime
+) -> int:
+    """``rating.reservation_price`` of ``units`` granted at ``now``, memoised while no tariff
+    switch can reach the grant's window.
+
+    When no switch lies in ``(now, now + validity + units (time) + 2 s)``, the rate of every
+    usage the grant may cover is the one in force since the memo's ``s0``, so the worst case of
+    ``units`` for the same rating group, destination and visited network is the same number as
+    for any earlier grant in that steady stretch; it is computed once per stretch.
+    """
+    plan = funds.plan
+    service = terms.service
+    span = terms.validity_time_s + (units if terms.unit == "time_s" else 0) + 2
+    until = now + timedelta(seconds=span)
+    since = _steady_since(plan, service, now, until)
+    first = _SWITCHES[(plan.plan_id, service)][3]
+    steady = first is None or first >= until
+    key = (plan.plan_id, service, since, rating_group, funds.destination, funds.visited_plmn, units)
+    if steady:
+        known = _PRICES.get(key)
+        if known is not None and known[0] is plan:
+            return known[1]
+    usage = UsageEvent(service, units, now, rating_group, funds.destination, funds.visited_plmn)
+    price = reservation_price(usage, plan, at=now)
+    if steady:
+        if len(_PRICES) > 65536:
+            _PRICES.clear()
+        _PRICES[key] = (plan, price)
+    return price

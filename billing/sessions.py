@@ -234,7 +234,9 @@ def run_session_request(
         request_number=request.request_number,
         result_code=code,
         services=tuple(grants),
-        cost_micros=sum(g.cost_micros for g in grants),
+        cost_micros=grants[0].cost_micros
+        if len(grants) == 1
+        else sum(g.cost_micros for g in grants),
         error_message=message,
         balance_after_micros=None
         if funds.rated_only
