@@ -92,8 +92,12 @@ def render_result(result: ChaosResult, console: Any) -> None:
                 e.get("error", "")[:80],
             )
         console.print(decisions)
-    if result.monitor_status.get("last_error"):
-        console.print(f"monitor last error: {result.monitor_status['last_error']}")
+    if result.monitor_status:
+        status = result.monitor_status
+        console.print(
+            f"Failover monitor: {status.get('rounds')} probe rounds, dead owners "
+            f"{status.get('dead')}, last error: {status.get('last_error') or '-'}"
+        )
     if result.moves:
         moves = ", ".join(f"{n} vshards in {s:.2f}s" for n, s in result.moves)
         console.print(f"Scale-out moves: {moves}")

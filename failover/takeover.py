@@ -237,11 +237,14 @@ class FailoverMonitor:
                 self._last_node.setdefault(name, info.node_id)
                 if info.node_id not in gone_nodes:
                     self._last_node[name] = info.node_id
-            if info is not None and info.state == "DEAD":
-                self._watched.discard(name)  # killed for good (scale-in): nothing to watch
+            gone_for_good = info is not None and info.state == "DEAD"
+            if gone_for_good and name not in current.owners:
+                self._watched.discard(name)  # killed for good and holds nothing: forget it
                 self._detector.forget(name)
                 continue
-            node_alive = self._last_node.get(name) not in gone_nodes
+            # A DEAD actor that still holds vshards (Ray could not restart it, e.g. its node is
+            # gone and it was pinned there) is as dead as an owner on a dead node.
+            node_alive = self._last_node.get(name) not in gone_nodes and not gone_for_good
             restarting = info is not None and info.state in _WAITING_STATES and node_alive
             change = self._detector.observe(
                 name, ok=ok, node_alive=node_alive, now_ms=now_ms, restarting=restarting
