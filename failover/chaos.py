@@ -581,7 +581,10 @@ class Harness:
             pid = chaos.frozen.pop(fault.pair if fault.pair is not None else -1, 0)
             if not pid:
                 raise LookupError("nothing frozen")
-            os.kill(pid, signal.SIGCONT)
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                return f"pid {pid} is gone (killed while frozen)"
             return f"pid {pid}"
         if kind is FaultKind.REMOVE_NODE:
             node, owners, vshards, started = await chaos.remove_node(fault.pick)

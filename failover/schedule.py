@@ -7,7 +7,8 @@ schedule itself never depends on the run; with the same cluster behaviour, a fai
 exactly from its seed (TigerBeetle's VOPR does the same with its fault injector).
 
 The generator keeps the schedule executable: it tracks how many simulated nodes exist so that a
-REMOVE_NODE never removes the last worker node and an ADD_NODE never exceeds ``nodes_max``; every
+REMOVE_NODE never removes the last worker node and an ADD_NODE never exceeds ``nodes_max`` (it
+draws only among the kinds possible at that point); one owner is frozen at a time and every
 FREEZE_OWNER is followed by its RESUME_OWNER; every REORDER/DUPLICATE burst has a bounded size.
 """
 
@@ -113,14 +114,18 @@ def generate(seed: int, spec: ScheduleSpec | None = None) -> list[Fault]:
     frozen_until = 0  # one owner frozen at a time keeps the run's capacity predictable
     for number in range(spec.faults):
         at += rng.randint(spec.interval_ms // 2, spec.interval_ms * 3 // 2)
-        kind = rng.choices(kinds, weights)[0]
-        # Keep the schedule executable: redraw into a kind that is possible now.
-        if kind is FaultKind.REMOVE_NODE and nodes <= spec.nodes_min:
-            kind = FaultKind.ADD_NODE if nodes < spec.nodes_max else FaultKind.KILL_OWNER
-        elif kind is FaultKind.ADD_NODE and nodes >= spec.nodes_max:
-            kind = FaultKind.REMOVE_NODE if nodes > spec.nodes_min else FaultKind.KILL_OWNER
-        if kind is FaultKind.FREEZE_OWNER and at < frozen_until:
-            kind = FaultKind.KILL_OWNER
+        # Keep the schedule executable: draw only among the kinds possible now.
+        possible = [
+            (k, w)
+            for k, w in zip(kinds, weights, strict=True)
+            if not (k is FaultKind.REMOVE_NODE and nodes <= spec.nodes_min)
+            and not (k is FaultKind.ADD_NODE and nodes >= spec.nodes_max)
+        ]
+        if not possible:
+            break  # e.g. only REMOVE_NODE asked for and no node left to remove
+        kind = rng.choices([k for k, _ in possible], [w for _, w in possible])[0]
+        if kind is FaultKind.FREEZE_OWNER and at <= frozen_until:
+            at = frozen_until + 1  # one frozen owner at a time: this freeze waits its turn
         pick = rng.randrange(1 << 16)
         if kind is FaultKind.REMOVE_NODE:
             nodes -= 1

@@ -59,6 +59,7 @@ def test_schedules_are_executable(seed: int, faults: int, nodes_initial: int, ex
     schedule = generate(seed, spec)
     assert schedule == sorted(schedule, key=lambda f: f.at_ms)
     assert sum(f.kind is not FaultKind.RESUME_OWNER for f in schedule) == faults
+    assert {f.kind for f in schedule} <= set(FaultKind)
     nodes = nodes_initial
     frozen: dict[int, Fault] = {}
     for fault in schedule:
@@ -98,6 +99,17 @@ def test_weights_select_kinds() -> None:
 def test_bad_spec_is_a_clear_error(kwargs: dict[str, object], words: str) -> None:
     with pytest.raises(ValueError, match=words):
         ScheduleSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_kinds_outside_the_weights_are_never_drawn() -> None:
+    spec = ScheduleSpec(faults=60, weights={FaultKind.FREEZE_OWNER: 1, FaultKind.KILL_FRONTDOOR: 1})
+    kinds = {f.kind for f in generate(3, spec)}
+    assert kinds == {FaultKind.FREEZE_OWNER, FaultKind.RESUME_OWNER, FaultKind.KILL_FRONTDOOR}
+
+
+def test_only_impossible_kinds_end_the_schedule_early() -> None:
+    spec = ScheduleSpec(faults=5, nodes_initial=2, nodes_min=1, weights={FaultKind.REMOVE_NODE: 1})
+    assert [f.kind for f in generate(1, spec)] == [FaultKind.REMOVE_NODE]
 
 
 def test_choose_maps_a_pick_onto_live_candidates() -> None:
