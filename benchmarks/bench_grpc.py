@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -498,6 +499,7 @@ async def bench(args: argparse.Namespace) -> None:
             await memory(system, args, note)
     finally:
         system.stop()
+        shutil.rmtree(work, ignore_errors=True)
     print("\n## medians")
     med = {name: statistics.median(values) for name, values in figures.items()}
     for name, value in med.items():

@@ -53,6 +53,7 @@ def init_ray(
         return False
     quiet: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
     if address:
+        _use_auth_token_if_available()
         try:
             ray.init(address=address, namespace=namespace, **quiet)
         except ConnectionError as error:
@@ -74,6 +75,24 @@ def init_ray(
         **quiet,
     )
     return True
+
+
+def _use_auth_token_if_available() -> None:
+    """Send this machine's Ray token when joining (Ray 2.60 local clusters require it).
+
+    A new local cluster turns token authentication on and keeps the token in
+    ``~/.ray/auth_token``; a driver joining it by address does not turn it on by itself, and the
+    cluster then refuses it. An explicit ``RAY_AUTH_MODE`` is respected.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:  # Ray's own switch: sets the variable and refreshes Ray's already-loaded config
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # another Ray version: no token authentication to enable
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 @dataclass

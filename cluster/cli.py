@@ -54,8 +54,11 @@ async def _until_signalled() -> None:
     try:
         await stop.wait()
     finally:
+        # From here on the cleanup must finish (or PostgreSQL is left running): later signals
+        # are ignored until it has.
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
 
 
 async def _run_frontdoor(args: argparse.Namespace, banner: str) -> None:
@@ -76,7 +79,15 @@ async def _run_frontdoor(args: argparse.Namespace, banner: str) -> None:
         await door.stop()
 
 
+def _address_file() -> Path:
+    """Where ``billing serve`` records its Ray address for ``billing frontdoor`` to join."""
+    home = os.environ.get("BILLING_HOME")
+    return (Path(home) if home else Path("var")) / "ray-address"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    import ray
+
     from cluster.bootstrap import bring_up
 
     with console.status("starting PostgreSQL, Ray, the shard manager and owners ..."):
@@ -90,15 +101,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
             object_store_mb=args.object_store_mb,
         )
     stop_actors = system.ray_started or args.stop_actors
+    address_file = _address_file()
     try:
+        gcs = ray.get_runtime_context().gcs_address
+        if system.ray_started:
+            address_file.parent.mkdir(parents=True, exist_ok=True)
+            address_file.write_text(gcs)
         where = "embedded PostgreSQL" if system.embedded is not None else "PostgreSQL"
         banner = (
             f"{where}: {system.dsn}\n{args.owners} owners up"
-            f" ({'new local Ray cluster' if system.ray_started else 'joined Ray at ' + args.address})\n"
-            "more front doors: billing frontdoor --address auto --port <another port>"
+            f" ({'new local Ray cluster' if system.ray_started else 'joined Ray'} at {gcs})\n"
+            f"more front doors: billing frontdoor --address {gcs} --port <another port>"
         )
         asyncio.run(_run_frontdoor(args, banner))
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if system.ray_started:
+            address_file.unlink(missing_ok=True)
         with console.status("stopping owners, Ray and PostgreSQL ..."):
             system.stop(stop_actors=stop_actors)
     console.print("stopped")
@@ -108,8 +128,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_frontdoor(args: argparse.Namespace) -> int:
     from cluster.bootstrap import init_ray
 
-    init_ray(args.address or "auto")
-    asyncio.run(_run_frontdoor(args, f"joined Ray at {args.address or 'auto'}"))
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address and _address_file().exists():
+        address = _address_file().read_text().strip()  # written by `billing serve` here
+    init_ray(address or "auto")
+    asyncio.run(_run_frontdoor(args, f"joined Ray at {address or 'auto'}"))
     return 0
 
 
@@ -394,6 +417,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run())
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with console.status("stopping owners, Ray and PostgreSQL ..."):
             system.stop(stop_actors=True)
         if temp is not None:
@@ -522,7 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=cmd_serve)
 
     door = commands.add_parser("frontdoor", help="one more front door against a running cluster")
-    door.add_argument("--address", default="auto", help="Ray cluster address (default auto)")
+    door.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: $RAY_ADDRESS, else the one `billing serve` recorded"
+        " in $BILLING_HOME/ray-address, else auto)",
+    )
     _door_options(door, DEFAULT_PORT + 1)
     door.set_defaults(run=cmd_frontdoor)
 
