@@ -262,9 +262,14 @@ def provision_subscriber(
         poster = Poster(state, f"open:{own_id}", now)
         poster.money(account, EntryKind.OPENING, initial_balance_micros, note=plan.plan_id)
         if version.bundles:
+            stamp = f"{int(now.timestamp()):x}"  # ids stay unique when a bundle is renewed
+            expiries: dict[int | None, datetime | None] = {None: None}  # one object per expiry
             for spec in version.bundles:
+                days = spec.validity_days
+                if days is not None and days not in expiries:
+                    expiries[days] = now + timedelta(days=days)
                 bucket = Bucket(
-                    bucket_id=f"{own_id}/{spec.bundle_id}@{now:%Y%m%dT%H%M%S}",
+                    bucket_id=f"{own_id}/{spec.bundle_id}/{stamp}",
                     account_id=own_id,
                     vshard=home,
                     bundle_id=spec.bundle_id,
@@ -275,9 +280,7 @@ def provision_subscriber(
                     reserved_units=0,
                     priority=spec.priority,
                     valid_from=now,
-                    expires_at=None
-                    if spec.validity_days is None
-                    else now + timedelta(days=spec.validity_days),
+                    expires_at=expiries[days],
                 )
                 index_bucket(state, bucket)
                 poster.units(
