@@ -71,6 +71,7 @@ class ChaosOptions:
     object_store_mb: int = 80
     kinds: tuple[FaultKind, ...] = DRAWN_KINDS
     verbose: bool = False
+    tamper: bool = False  # tests only: write one journal row out of band, so the audit must fail
 
     def spec(self) -> ScheduleSpec:
         weights = ScheduleSpec().weights
@@ -505,6 +506,8 @@ class Harness:
                 self.result.takeovers = await chaos.monitor.actor.events.remote()
                 self.result.monitor_status = await chaos.monitor.actor.status.remote()
             await self._settle(chaos)
+            if self.options.tamper:
+                await asyncio.to_thread(_tamper, chaos.dsn)
             self.say("auditing the journal against every answer...")
             ledger = await asyncio.to_thread(load_ledger, chaos.dsn)
             self.result.audit = check(client.answers, ledger)
@@ -662,6 +665,18 @@ class Harness:
             await store.close()
 
 
+def _tamper(dsn: str) -> None:
+    """Credit one micro to one account in the journal only, behind the owners' backs."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO journal (vshard, idempotency_key, line, account_id, kind, amount_micros,"
+            " units, at) SELECT vshard, 'tamper', 0, account_id, 'adjustment', 1, 0, now()"
+            " FROM accounts ORDER BY account_id LIMIT 1"
+        )
+
+
 def parse_args(argv: Sequence[str] | None) -> ChaosOptions:
     parser = argparse.ArgumentParser(
         prog="billing chaos",
@@ -684,6 +699,7 @@ def parse_args(argv: Sequence[str] | None) -> ChaosOptions:
         help="fault kinds to draw from (comma separated)",
     )
     parser.add_argument("--verbose", action="store_true", help="show Ray worker logs")
+    parser.add_argument("--tamper-for-test", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         kinds = tuple(FaultKind(k.strip()) for k in args.kinds.split(",") if k.strip())
@@ -705,6 +721,7 @@ def parse_args(argv: Sequence[str] | None) -> ChaosOptions:
         settle_s=args.settle_s,
         kinds=kinds,
         verbose=args.verbose,
+        tamper=args.tamper_for_test,
     )
 
 
