@@ -33,20 +33,28 @@ from billing.state import Account, Bucket, Subscriber
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
-# flags(u8) sub_vshard(i32) account_vshard(i32) sub_plan(u16) sub_created_us(i64)
-_SUB = struct.Struct("<BiiHq")
-# acc_vshard(i32) mode(u8) currency(u16) plan(u16) balance credit reserved created_us (i64 x4)
-_ACC = struct.Struct("<iBHHqqqq")
+# Record layout: header, then [account part], then [buckets], then [foreign account id].
+# header: flags(u8) vshard(i32) plan(u16) created_us(i64)
+_HEAD = struct.Struct("<BiHq")
+# foreign account: account_vshard(i32); the account id is the record's tail
+_FOREIGN = struct.Struct("<i")
+# own account like its subscriber (same vshard, plan, creation): mode(u8) currency(u16) balance credit
+_ACC_SIMPLE = struct.Struct("<BHqq")
+# any other account: vshard(i32) mode(u8) currency(u16) plan(u16) balance credit created_us
+_ACC_FULL = struct.Struct("<iBHHqqq")
+# bucket: spec(u16: bundle, service, groups, rating groups, priority) units valid_from_us
+# expires_us (_NEVER: no expiry) flags(u8: 1 = id derived from bundle and valid_from)
+_BUCKET = struct.Struct("<Hqqqb")
+_COUNT = struct.Struct("<H")
+_NEVER = -(2**63)
 _HAS_ACCOUNT = 1
-_FOREIGN_ACCOUNT_ID = 2  # account_id differs from the subscriber id: stored after the fields
+_FOREIGN_ACCOUNT_ID = 2  # the subscriber charges another account (a shared one)
 _HAS_COUNTERS = 4
 _HAS_BUCKETS = 8
+_SIMPLE_ACCOUNT = 16
+_DERIVED_ID = 1
 _MODES = tuple(PaymentMode)
 _SERVICES = tuple(ServiceKind)
-# bundle(u16) service(u8) destination_groups(u16) rating_groups(u16) units reserved(i64 x2)
-# priority(i32) valid_from_us expires_us(i64 x2; _NEVER = no expiry) id_suffix_len(u16)
-_BUCKET = struct.Struct("<HBHHqqiqqH")
-_NEVER = -(2**63)
 
 # The packed layout knows these fields; a field added to the domain's records must be added here
 # too. Until then nothing is packed (everything stays hot: correct, only bigger).
@@ -126,139 +134,167 @@ class Directory:
 
     # -- packing ---------------------------------------------------------------------------------
 
+    @staticmethod
+    def _derived_id(key: str, bucket: Bucket) -> str:
+        """The id provisioning gives a bundle's bucket (billing.accounts.provision_subscriber)."""
+        return f"{key}/{bucket.bundle_id}@{bucket.valid_from:%Y%m%dT%H%M%S}"
+
     def _pack_buckets(self, key: str, buckets: list[Bucket]) -> bytes:
-        parts = [struct.pack("<H", len(buckets))]
-        prefix = key + "/"
+        parts = [_COUNT.pack(len(buckets))]
         for b in buckets:
-            suffix = b.bucket_id[len(prefix) :] if b.bucket_id.startswith(prefix) else None
-            text = (suffix if suffix is not None else b.bucket_id).encode()
+            spec = (b.bundle_id, b.service, b.destination_groups, b.rating_groups, b.priority)
+            derived = b.bucket_id == self._derived_id(key, b)
             parts.append(
                 _BUCKET.pack(
-                    self._strings.index(b.bundle_id),
-                    _SERVICES.index(b.service),
-                    self._strings.index(b.destination_groups),
-                    self._strings.index(b.rating_groups),
+                    self._strings.index(spec),
                     b.units,
-                    b.reserved_units,
-                    b.priority,
                     _us(b.valid_from),
                     _NEVER if b.expires_at is None else _us(b.expires_at),
-                    (len(text) << 1) | (suffix is not None),
+                    _DERIVED_ID if derived else 0,
                 )
             )
-            parts.append(text)
+            if not derived:
+                text = b.bucket_id.encode()
+                parts.append(_COUNT.pack(len(text)) + text)
         return b"".join(parts)
 
     def _unpack_buckets(
         self, key: str, vshard: int, record: bytes, offset: int
     ) -> tuple[list[Bucket], int]:
-        (count,) = struct.unpack_from("<H", record, offset)
-        offset += 2
+        (count,) = _COUNT.unpack_from(record, offset)
+        offset += _COUNT.size
         buckets = []
         for _ in range(count):
-            bundle, service, groups, rgs, units, reserved, priority, start, end, text = (
-                _BUCKET.unpack_from(record, offset)
-            )
+            spec, units, start, end, flags = _BUCKET.unpack_from(record, offset)
             offset += _BUCKET.size
-            size = text >> 1
-            name = record[offset : offset + size].decode()
-            offset += size
-            buckets.append(
-                Bucket(
-                    bucket_id=f"{key}/{name}" if text & 1 else name,
-                    account_id=key,
-                    vshard=vshard,
-                    bundle_id=self._strings.value(bundle),
-                    service=_SERVICES[service],
-                    destination_groups=self._strings.value(groups),
-                    rating_groups=self._strings.value(rgs),
-                    units=units,
-                    reserved_units=reserved,
-                    priority=priority,
-                    valid_from=_at(start),
-                    expires_at=None if end == _NEVER else _at(end),
-                )
+            bundle_id, service, groups, rating_groups, priority = self._strings.value(spec)
+            bucket = Bucket(
+                bucket_id="",
+                account_id=key,
+                vshard=vshard,
+                bundle_id=bundle_id,
+                service=service,
+                destination_groups=groups,
+                rating_groups=rating_groups,
+                units=units,
+                reserved_units=0,
+                priority=priority,
+                valid_from=_at(start),
+                expires_at=None if end == _NEVER else _at(end),
             )
+            if flags & _DERIVED_ID:
+                bucket.bucket_id = self._derived_id(key, bucket)
+            else:
+                (size,) = _COUNT.unpack_from(record, offset)
+                offset += _COUNT.size
+                bucket.bucket_id = record[offset : offset + size].decode()
+                offset += size
+            buckets.append(bucket)
         return buckets, offset
 
     def _pack(
         self, subscriber: Subscriber, account: Account | None, buckets: list[Bucket]
     ) -> bytes:
+        """One record for a subscriber, its own account (reserved 0) and that account's buckets."""
         flags = 0
-        tail = b""
+        parts = [b""]
         if subscriber.account_id != subscriber.subscriber_id:
             flags |= _FOREIGN_ACCOUNT_ID
-            tail = subscriber.account_id.encode()
-        head = b""
+            parts.append(_FOREIGN.pack(subscriber.account_vshard))
         if account is not None:
             flags |= _HAS_ACCOUNT
-            head = _ACC.pack(
-                account.vshard,
-                _MODES.index(account.payment_mode),
-                self._strings.index(account.currency),
-                self._strings.index(account.plan_id),
-                account.balance_micros,
-                account.credit_limit_micros,
-                account.reserved_micros,
-                _us(account.created_at),
-            )
+            mode = _MODES.index(account.payment_mode)
+            currency = self._strings.index(account.currency)
+            if (
+                account.vshard == subscriber.vshard
+                and account.plan_id == subscriber.plan_id
+                and account.created_at == subscriber.created_at
+            ):
+                flags |= _SIMPLE_ACCOUNT
+                parts.append(
+                    _ACC_SIMPLE.pack(
+                        mode, currency, account.balance_micros, account.credit_limit_micros
+                    )
+                )
+            else:
+                parts.append(
+                    _ACC_FULL.pack(
+                        account.vshard,
+                        mode,
+                        currency,
+                        self._strings.index(account.plan_id),
+                        account.balance_micros,
+                        account.credit_limit_micros,
+                        _us(account.created_at),
+                    )
+                )
             if account.usage_counters:
                 flags |= _HAS_COUNTERS
                 counters = json.dumps(account.usage_counters, separators=(",", ":")).encode()
-                head += struct.pack("<H", len(counters)) + counters
+                parts.append(_COUNT.pack(len(counters)) + counters)
             if buckets:
                 flags |= _HAS_BUCKETS
-                head += self._pack_buckets(account.account_id, buckets)
-        return (
-            _SUB.pack(
-                flags,
-                subscriber.vshard,
-                subscriber.account_vshard,
-                self._strings.index(subscriber.plan_id),
-                _us(subscriber.created_at),
-            )
-            + head
-            + tail
+                parts.append(self._pack_buckets(account.account_id, buckets))
+        if flags & _FOREIGN_ACCOUNT_ID:
+            parts.append(subscriber.account_id.encode())
+        parts[0] = _HEAD.pack(
+            flags,
+            subscriber.vshard,
+            self._strings.index(subscriber.plan_id),
+            _us(subscriber.created_at),
         )
+        return b"".join(parts)
 
     def _unpack(self, key: str, record: bytes) -> tuple[Subscriber, Account | None, list[Bucket]]:
-        flags, vshard, account_vshard, plan, created = _SUB.unpack_from(record)
-        offset = _SUB.size
+        flags, vshard, plan, created = _HEAD.unpack_from(record)
+        offset = _HEAD.size
+        account_vshard = vshard
+        if flags & _FOREIGN_ACCOUNT_ID:
+            (account_vshard,) = _FOREIGN.unpack_from(record, offset)
+            offset += _FOREIGN.size
+        plan_id = self._strings.value(plan)
+        created_at = _at(created)
         account: Account | None = None
         buckets: list[Bucket] = []
         if flags & _HAS_ACCOUNT:
-            a_vshard, mode, currency, a_plan, balance, credit, reserved, a_created = (
-                _ACC.unpack_from(record, offset)
-            )
-            offset += _ACC.size
+            if flags & _SIMPLE_ACCOUNT:
+                mode, currency, balance, credit = _ACC_SIMPLE.unpack_from(record, offset)
+                offset += _ACC_SIMPLE.size
+                a_vshard, a_plan, a_created = vshard, plan_id, created_at
+            else:
+                a_vshard, mode, currency, a_plan_index, balance, credit, a_us = (
+                    _ACC_FULL.unpack_from(record, offset)
+                )
+                offset += _ACC_FULL.size
+                a_plan, a_created = self._strings.value(a_plan_index), _at(a_us)
             counters: dict[str, int] = {}
             if flags & _HAS_COUNTERS:
-                (size,) = struct.unpack_from("<H", record, offset)
-                offset += 2
+                (size,) = _COUNT.unpack_from(record, offset)
+                offset += _COUNT.size
                 counters = json.loads(record[offset : offset + size])
                 offset += size
-            if flags & _HAS_BUCKETS:
-                buckets, offset = self._unpack_buckets(key, a_vshard, record, offset)
             account = Account(
                 account_id=key,
                 vshard=a_vshard,
                 payment_mode=_MODES[mode],
                 currency=self._strings.value(currency),
-                plan_id=self._strings.value(a_plan),
+                plan_id=a_plan,
                 balance_micros=balance,
                 credit_limit_micros=credit,
-                reserved_micros=reserved,
-                created_at=_at(a_created),
+                reserved_micros=0,
+                created_at=a_created,
                 usage_counters=counters,
             )
+            if flags & _HAS_BUCKETS:
+                buckets, offset = self._unpack_buckets(key, a_vshard, record, offset)
         account_id = record[offset:].decode() if flags & _FOREIGN_ACCOUNT_ID else key
         subscriber = Subscriber(
             subscriber_id=key,
             vshard=vshard,
             account_id=account_id,
             account_vshard=account_vshard,
-            plan_id=self._strings.value(plan),
-            created_at=_at(created),
+            plan_id=plan_id,
+            created_at=created_at,
         )
         return subscriber, account, buckets
 
@@ -342,7 +378,7 @@ class Directory:
 
     def drop_vshards(self, vshards: set[int]) -> None:
         """Forget every subscriber and account of ``vshards`` (they moved to another owner)."""
-        for key in [k for k, r in self.cold.items() if _SUB.unpack_from(r)[1] in vshards]:
+        for key in [k for k, r in self.cold.items() if _HEAD.unpack_from(r)[1] in vshards]:
             if self._has_account(self.cold.pop(key)):
                 self._accounts_cold -= 1
         for key in [k for k, s in self.hot_subscribers.items() if s.vshard in vshards]:

@@ -94,7 +94,7 @@ class OwnerConfig:
     forward_timeout_s: float = 10.0  # a forwarded shared-account request's bound
     sweep_interval_s: float = 1.0  # orphan sweep period
     answer_retention_s: float = 600.0  # remembered answers older than this are pruned
-    load_chunk_vshards: int = 64  # vshards loaded per read: bounds the load's memory peak
+    load_chunk_vshards: int = 8  # vshards loaded per read: bounds the load's memory peak
     pool_max: int = 2  # PostgreSQL connections of this owner
     manager_name: str = MANAGER_NAME
     namespace: str = NAMESPACE

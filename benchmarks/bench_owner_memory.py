@@ -6,7 +6,7 @@ through the owners (one group commit per batch), measures again, then kills each
 (SIGKILL) and measures how long its takeover (epoch bump + bulk load) takes and the memory of the
 reloaded state.
 
-    .venv/bin/python benchmarks/bench_owner_memory.py --subscribers 1000000
+    .venv/bin/python benchmarks/bench_owner_memory.py --subscribers 1000000 [--mix]
 
 Figures: RSS is the sum of VmRSS of the owner processes (/proc); bytes per subscriber are quoted
 both over the whole RSS and over the growth from the empty baseline.
@@ -42,13 +42,23 @@ def _owner_rss(handles: ClusterHandles) -> tuple[int, dict[str, int]]:
     return sum(per.values()), per
 
 
-async def _provision(handles: ClusterHandles, count: int, chunk: int) -> float:
+def _request(index: int, mix: bool) -> ProvisionRequest:
+    """``payg`` only, or the demo's mix: 50 % payg, 30 % postpaid-monthly, 20 % hybrid (bundles)."""
+    sid = f"49{index:010d}"
+    kind = index % 10 if mix else 0
+    if kind < 5:
+        return ProvisionRequest(sid, "payg", initial_balance_micros=10_000_000)
+    if kind < 8:
+        return ProvisionRequest(sid, "postpaid-monthly", credit_limit_micros=200_000_000)
+    return ProvisionRequest(
+        sid, "hybrid", initial_balance_micros=10_000_000, credit_limit_micros=50_000_000
+    )
+
+
+async def _provision(handles: ClusterHandles, count: int, chunk: int, mix: bool) -> float:
     started = time.perf_counter()
     for first in range(0, count, chunk):
-        requests = [
-            ProvisionRequest(f"49{i:010d}", "payg", initial_balance_micros=10_000_000)
-            for i in range(first, min(first + chunk, count))
-        ]
+        requests = [_request(i, mix) for i in range(first, min(first + chunk, count))]
         summary = await provision_bulk_async(handles, requests)
         if summary.created != len(requests):
             raise RuntimeError(
@@ -77,6 +87,7 @@ def main() -> None:
     parser.add_argument("--owners", type=int, default=2)
     parser.add_argument("--vshards", type=int, default=1024)
     parser.add_argument("--chunk", type=int, default=50_000)
+    parser.add_argument("--mix", action="store_true", help="the demo's plan mix (with bundles)")
     args = parser.parse_args()
 
     base: Path | None = None
@@ -101,10 +112,11 @@ def main() -> None:
     try:
         handles = start_cluster(dsn, owners=args.owners, vshard_count=args.vshards)
         empty, _ = _owner_rss(handles)
-        seconds = asyncio.run(_provision(handles, args.subscribers, args.chunk))
+        seconds = asyncio.run(_provision(handles, args.subscribers, args.chunk, args.mix))
         full, per = _owner_rss(handles)
         n = args.subscribers
-        print(f"owners: {args.owners}, vshards: {args.vshards}, subscribers: {n:,}")
+        plans = "demo mix (50% payg, 30% postpaid-monthly, 20% hybrid)" if args.mix else "payg"
+        print(f"owners: {args.owners}, vshards: {args.vshards}, subscribers: {n:,}, plans: {plans}")
         print(
             f"provisioning: {seconds:.1f} s, {n / seconds:,.0f} subscribers/s (one commit per batch)"
         )

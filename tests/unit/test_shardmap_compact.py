@@ -50,6 +50,7 @@ def test_packing_knows_every_field_of_the_records() -> None:
     credit=micros,
     created=times,
     counters=st.dictionaries(st.text(max_size=8), st.integers(0, 2**40), max_size=3),
+    simple=st.booleans(),
 )
 def test_freeze_and_hydrate_are_lossless(
     key: str,
@@ -60,13 +61,17 @@ def test_freeze_and_hydrate_are_lossless(
     credit: int,
     created: datetime,
     counters: dict[str, int],
+    simple: bool,
 ) -> None:
     d = Directory()
     account_id = other if other is not None and other != key else key
     sub = Subscriber(
         key, vshard, account_id, vshard + 1 if account_id != key else vshard, "plan-x", created
     )
-    acc = Account(key, vshard, mode, "EUR", "plan-x", balance, credit, 0, created, dict(counters))
+    acc_plan, acc_created = ("plan-x", created) if simple else ("plan-y", created + timedelta(1))
+    acc = Account(
+        key, vshard, mode, "EUR", acc_plan, balance, credit, 0, acc_created, dict(counters)
+    )
     d.subscribers[key] = sub
     if account_id == key:
         d.accounts[key] = acc
@@ -163,6 +168,12 @@ def test_domain_runs_on_compact_state(plan_id: str) -> None:
             now=NOW,
         )
     journal = list(state.take_changes().journal)
+    hot_buckets = dict(d.buckets)
+    assert d.freeze(list(d.hot_subscribers)) == 50
+    assert not d.buckets
+    for key in d.subscribers:  # hydrating every record gives back the very same buckets
+        assert d.subscribers[key].subscriber_id == key
+    assert d.buckets == hot_buckets
     assert d.freeze(list(d.hot_subscribers)) == 50
     result = apply_balance(
         state, BalanceCommand("topup", "s7", 5, "k1"), now=NOW + timedelta(seconds=1)
