@@ -124,7 +124,7 @@ class ChaosCluster:
     def __init__(self, options: ChaosOptions, workdir: Path) -> None:
         self.options = options
         self.workdir = workdir
-        self.settings = Settings.from_env({})
+        self.settings = Settings.from_env()  # RAY_health_check_* etc. from the environment
         self.pg: Any = None
         self.dsn = ""
         self.cluster: Any = None
