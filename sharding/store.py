@@ -14,6 +14,8 @@ owner send the batch's answers.
 from __future__ import annotations
 
 import json
+import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -50,7 +52,11 @@ __all__ = [
 ]
 
 _MIGRATION_LOCK = 0x62696C6C  # pg_advisory_xact_lock key: "bill"
+_FENCE_SQLSTATE = "BF001"  # raised by billing_fence() (migration 0002)
+_SQL_FENCE = b"SELECT billing_fence(%s::integer[], %s::bigint[])"
 _CONNECT_TIMEOUT_S = 5
+_RECONNECT_TIMEOUT_S = 5.0
+_CHECK_IDLE_S = 1.0  # probe a pooled connection before use if idle longer than this
 
 
 class StoreError(Exception):
@@ -112,18 +118,26 @@ def _translate(what: str) -> Iterator[None]:
         yield
     except StoreError:
         raise
-    except pg_errors.UniqueViolation as e:
-        diag = e.diag
-        raise DuplicateKey(
-            f"{what}: duplicate key in {diag.table_name} ({diag.message_detail}); "
-            "nothing was written"
-        ) from e
-    except psycopg_pool.PoolTimeout as e:
-        raise StoreUnavailable(f"{what}: no database connection ({e}); nothing was written") from e
     except psycopg.Error as e:
-        raise StoreUnavailable(f"{what} failed: {type(e).__name__}: {e}".rstrip()) from e
+        if e.sqlstate != _FENCE_SQLSTATE:
+            raise _translated(what, e) from e
+        detail = (e.diag.message_detail or "").split()
+        vshard, expected, actual = int(detail[0]), int(detail[1]), detail[2]
+        raise NotOwner(vshard, expected, None if actual == "-" else int(actual)) from e
     except OSError as e:
         raise StoreUnavailable(f"{what} failed: {e}") from e
+
+
+def _translated(what: str, e: psycopg.Error) -> StoreError:
+    if isinstance(e, pg_errors.UniqueViolation):
+        diag = e.diag
+        return DuplicateKey(
+            f"{what}: duplicate key in {diag.table_name} ({diag.message_detail}); "
+            "nothing was written"
+        )
+    if isinstance(e, psycopg_pool.PoolTimeout):
+        return StoreUnavailable(f"{what}: no database connection ({e}); nothing was written")
+    return StoreUnavailable(f"{what} failed: {type(e).__name__}: {e}".rstrip())
 
 
 class Store:
@@ -148,17 +162,35 @@ class Store:
         self.dsn = dsn
         self.answer_horizon = answer_horizon
         self._citus = False
+        self._returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
         self._pool = psycopg_pool.AsyncConnectionPool(
             dsn,
             min_size=min_size,
             max_size=max_size,
             timeout=timeout_s,
             open=False,
-            check=psycopg_pool.AsyncConnectionPool.check_connection,
-            reconnect_timeout=24 * 3600.0,
+            check=self._check_if_idle,
+            reset=self._note_returned,
+            # A slot that cannot reconnect is given up after a few seconds (the pool backs off
+            # exponentially without a cap); the next request grows the pool afresh, so service
+            # resumes within seconds of the server coming back.
+            reconnect_timeout=_RECONNECT_TIMEOUT_S,
             kwargs={"options": "-c TimeZone=UTC", "connect_timeout": _CONNECT_TIMEOUT_S},
             name="billing-store",
         )
+
+    async def _check_if_idle(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Probe a pooled connection before use only if it sat idle a while: back-to-back
+        commits (the hot path) skip the extra round trip; after a pause, for instance a server
+        restart, a dead connection is found and replaced before a commit is tried on it."""
+        returned = self._returned_at.get(conn)
+        if returned is None or time.monotonic() - returned > _CHECK_IDLE_S:
+            await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+
+    async def _note_returned(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._returned_at[conn] = time.monotonic()
 
     async def open(self) -> None:
         """Open the pool (waits for ``min_size`` connections) and detect Citus."""
@@ -357,36 +389,41 @@ class Store:
                 for key, (v, result) in changes.balance_results.items()
             ]
             writes.append((_SQL_ANSWERS, batch_json(answers)))
-        async with self._tx("commit") as conn:
-            await self._check_epochs(conn, touched, epochs)
-            async with conn.pipeline():
+        if self._citus:
+            async with self._tx("commit") as conn:
+                await self._check_epochs(conn, touched, epochs)
+                async with conn.pipeline():
+                    for sql, batch in writes:
+                        await conn.execute(sql, (batch,))
+            return
+        # One round trip: BEGIN, the fence, the writes and COMMIT go out as one pipeline. The
+        # fence is the first statement: if it fails, nothing after it runs.
+        with _translate("commit"):
+            async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+                await conn.execute(_SQL_FENCE, (touched, [epochs[v] for v in touched]))
                 for sql, batch in writes:
                     await conn.execute(sql, (batch,))
 
     async def _check_epochs(
         self, conn: psycopg.AsyncConnection[Any], touched: list[int], epochs: Mapping[int, int]
     ) -> None:
-        """Read (and hold, FOR SHARE) the lease of every touched vshard; raise on a mismatch."""
+        """Read (and hold, FOR SHARE) the lease of every touched vshard; raise on a mismatch.
+
+        The Citus path: Citus runs FOR SHARE only in single-shard (router) queries, so one
+        statement per vshard, checked before any write is sent.
+        """
         found: dict[int, int] = {}
-        if self._citus:
-            # Citus runs FOR SHARE only in single-shard (router) queries: one per vshard.
-            cur = conn.cursor()
-            await cur.executemany(
-                "SELECT vshard, epoch FROM shard_leases WHERE vshard = %s FOR SHARE",
-                [(v,) for v in touched],
-                returning=True,
-            )
-            while True:
-                for v, e in await cur.fetchall():
-                    found[int(v)] = int(e)
-                if not cur.nextset():
-                    break
-        else:
-            cur = await conn.execute(
-                "SELECT vshard, epoch FROM shard_leases WHERE vshard = ANY(%s) FOR SHARE",
-                (touched,),
-            )
-            found = {int(v): int(e) for v, e in await cur.fetchall()}
+        cur = conn.cursor()
+        await cur.executemany(
+            "SELECT vshard, epoch FROM shard_leases WHERE vshard = %s FOR SHARE",
+            [(v,) for v in touched],
+            returning=True,
+        )
+        while True:
+            for v, e in await cur.fetchall():
+                found[int(v)] = int(e)
+            if not cur.nextset():
+                break
         for v in touched:
             if found.get(v) != epochs[v]:
                 raise NotOwner(v, epochs[v], found.get(v))
