@@ -362,3 +362,44 @@ def stop_monitor(namespace: str = NAMESPACE) -> None:
         with contextlib.suppress(Exception):
             ray.get(actor.shutdown.remote(), timeout=10)
         ray.kill(actor, no_restart=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m failover.takeover [start|status|events|stop] [--address ADDR]``.
+
+    Starts the detached monitor on a running cluster (it outlives this process), or shows what
+    it has decided. Settings (health-check timings) come from the environment (failover.config).
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m failover.takeover")
+    parser.add_argument("action", choices=("start", "status", "events", "stop"))
+    parser.add_argument(
+        "--address", default=None, help="Ray address (default $BILLING_RAY_ADDRESS)"
+    )
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    ray.init(
+        address=args.address or settings.ray_address or "auto",
+        namespace=settings.namespace,
+        log_to_driver=False,
+    )
+    try:
+        if args.action == "start":
+            node = ray.get_runtime_context().get_node_id()
+            handle = start_monitor(MonitorConfig.from_settings(settings), node_id=node)
+            print(json.dumps(ray.get(handle.actor.status.remote()), indent=2))
+        elif args.action == "stop":
+            stop_monitor(settings.namespace)
+        else:
+            actor = ray.get_actor(MONITOR_NAME, namespace=settings.namespace)
+            method: Any = actor.status if args.action == "status" else actor.events
+            print(json.dumps(ray.get(method.remote()), indent=2, default=str))
+        return 0
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
