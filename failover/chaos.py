@@ -250,7 +250,7 @@ class ChaosCluster:
                 status = await self.handles[name].status.remote()
                 raise RuntimeError(f"owner {name} did not load: {status.last_error}")
         self.monitor = await asyncio.to_thread(
-            start_monitor, MonitorConfig.from_settings(self.settings), node_id=head_id
+            start_monitor, MonitorConfig.from_settings(self.settings), node_id=head_id, soft=False
         )
 
     async def provision(self) -> list[str]:

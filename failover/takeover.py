@@ -333,9 +333,12 @@ def monitor_actor() -> Any:
 
 
 def start_monitor(
-    config: MonitorConfig | None = None, *, node_id: str | None = None
+    config: MonitorConfig | None = None, *, node_id: str | None = None, soft: bool = True
 ) -> MonitorHandle:
-    """Start (or find) the detached monitor actor; pinned to ``node_id`` when given (the head)."""
+    """Start (or find) the detached monitor actor; pinned to ``node_id`` when given (the head).
+
+    ``soft=False`` keeps it there for good (the chaos harness: its head node is never lost).
+    """
     config = config or MonitorConfig()
     options: dict[str, Any] = {
         "name": MONITOR_NAME,
@@ -350,7 +353,7 @@ def start_monitor(
     if node_id is not None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=soft)
     actor = monitor_actor().options(**options).remote(config)
     ray.get(actor.status.remote())
     return MonitorHandle(actor)
