@@ -8,9 +8,7 @@ the conservation audit (the journal reproduces every balance).
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,37 +20,14 @@ from typing import Any
 import grpc
 import pytest
 
-from cluster.frontdoor import FrontDoor
 from cluster.pb import billing_pb2 as pb
 from cluster.pb import billing_pb2_grpc as pb_grpc
 
+from ._grpc_helpers import RG_DATA, RG_SMS, RG_VOICE, DoorThread, audit, cc, database
+
 pytestmark = pytest.mark.integration
 
-RG_VOICE, RG_SMS, RG_DATA = 100, 200, 10
 EUR = 1_000_000
-
-
-class DoorThread:
-    """A front door serving from its own event loop thread (the tests use the sync client)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.door: FrontDoor | None = None
-
-    def start(self) -> str:
-        from cluster.bootstrap import start_frontdoor
-
-        self.thread.start()
-        future = asyncio.run_coroutine_threadsafe(start_frontdoor(), self.loop)
-        self.door = future.result(60)
-        return self.door.address
-
-    def stop(self) -> None:
-        if self.door is not None:
-            asyncio.run_coroutine_threadsafe(self.door.stop(0), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @dataclass
@@ -77,56 +52,32 @@ class System:
         return pb_grpc.ChargingStub(self.channels[index % len(self.channels)])
 
 
-def _audit(dsn: str) -> list[str]:
-    from sharding.store import Store
-
-    async def run() -> list[str]:
-        store = Store(dsn, min_size=1, max_size=1)
-        await store.open()
-        try:
-            return await store.audit()
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
 @pytest.fixture(scope="module")
 def system(ray_cluster: Any, pg_server: str) -> Iterator[System]:
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
     from actors.bootstrap import start_cluster, stop_cluster
     from actors.owner import OwnerConfig
 
-    name = f"t_grpc_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"'.encode())
-    params = conninfo_to_dict(pg_server)
-    params["dbname"] = name
-    dsn = make_conninfo(**params)
-    handles = start_cluster(
-        dsn,
-        owners=2,
-        vshard_count=64,
-        config=OwnerConfig(dsn=dsn, sweep_interval_s=0.2),
-        ready_timeout_s=120,
-    )
-    doors = [DoorThread(), DoorThread()]
-    try:
-        addresses = [door.start() for door in doors]
-        channels = [grpc.insecure_channel(address) for address in addresses]
-        yield System(dsn, addresses, channels)
-        for channel in channels:
-            channel.close()
-        violations = _audit(dsn)
-        assert violations == [], violations
-    finally:
-        for door in doors:
-            door.stop()
-        stop_cluster(handles)
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    with database(pg_server) as dsn:
+        handles = start_cluster(
+            dsn,
+            owners=2,
+            vshard_count=64,
+            config=OwnerConfig(dsn=dsn, sweep_interval_s=0.2),
+            ready_timeout_s=120,
+        )
+        doors = [DoorThread(), DoorThread()]
+        try:
+            addresses = [door.start() for door in doors]
+            channels = [grpc.insecure_channel(address) for address in addresses]
+            yield System(dsn, addresses, channels)
+            for channel in channels:
+                channel.close()
+            violations = audit(dsn)
+            assert violations == [], violations
+        finally:
+            for door in doors:
+                door.stop()
+            stop_cluster(handles)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,47 +112,6 @@ def balance(system: System, sid: str) -> pb.GetBalanceResponse:
         pb.GetBalanceRequest(subscriber_id=sid), timeout=30
     )
     return response
-
-
-def cc(
-    session: str,
-    sid: str,
-    kind: int,
-    number: int,
-    *,
-    rg: int = RG_VOICE,
-    request_s: int | None = 60,
-    used_s: int | None = None,
-    action: int = 0,
-    at: datetime | None = None,
-    destination: str = "4930123456",
-    retransmission: bool = False,
-) -> pb.CreditControlRequest:
-    msg = pb.CreditControlRequest(
-        session_id=session,
-        request_type=kind,  # type: ignore[arg-type]
-        request_number=number,
-        subscriber_id=sid,
-        requested_action=action,  # type: ignore[arg-type]
-        destination=destination,
-        retransmission=retransmission,
-    )
-    msg.event_time.FromDatetime(at or datetime.now(UTC))
-    entry = msg.services.add(rating_group=rg)
-    if request_s is not None:
-        if rg == RG_VOICE:
-            entry.requested.time_s = request_s
-        elif rg == RG_SMS:
-            entry.requested.service_units = request_s
-        else:
-            entry.requested.total_octets = request_s
-    if used_s is not None:
-        used = entry.used.add()
-        if rg == RG_VOICE:
-            used.units.time_s = used_s
-        else:
-            used.units.total_octets = used_s
-    return msg
 
 
 def call(system: System, msg: pb.CreditControlRequest, door: int = 0) -> pb.CreditControlAnswer:
@@ -542,7 +452,7 @@ def test_concurrent_sessions_never_get_more_than_the_balance_covers(system: Syst
     after = balance(system, sid)
     assert after.reserved_micros == 0
     assert after.balance_micros == start_balance - charged >= 0
-    assert _audit(system.dsn) == []
+    assert audit(system.dsn) == []
 
 
 def test_shared_account_members_never_overspend_it(system: System) -> None:
