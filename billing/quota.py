@@ -106,7 +106,9 @@ def funds_for(
         destination=destination,
         visited_plmn=visited_plmn,
         floor=money_floor(account, order),
-        use_buckets="bundles" in order and not rated_only,
+        use_buckets="bundles" in order
+        and not rated_only
+        and account.account_id in state.buckets_by_account,
         use_money="prepaid" in order or "credit" in order,
         rated_only=rated_only,
     )

@@ -124,12 +124,15 @@ def session_entry(
     if entry.used:
         begin = old.granted_at if old is not None and old.granted_at is not None else now
         switch = old.tariff_switch_at if old is not None else None
-        parts = []
+        parts: list[tuple[int, datetime]] = []
         for used in entry.used:
             amount = units_of(used.units, terms.unit)
             if amount:
                 after = used.tariff_change_usage is TariffChangeUsage.AFTER and switch is not None
-                parts.append((amount, switch if after and switch is not None else begin))
+                start = switch if after and switch is not None else begin
+                if parts and parts[-1][1] == start:  # reports of one stretch are rated as one
+                    amount += parts.pop()[0]
+                parts.append((amount, start))
         if parts:
             try:
                 cost, uncharged = charge(funds, poster, terms, key, parts)

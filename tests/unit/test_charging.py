@@ -686,3 +686,13 @@ def test_final_unit_action_restrict_access_from_the_plan() -> None:
     assert grant.final_unit is not None
     assert grant.final_unit.action is FinalUnitAction.RESTRICT_ACCESS
     assert grant.final_unit.redirect_address is None
+
+
+def test_several_reports_of_one_stretch_are_rated_together(sc: Scenario) -> None:
+    sc.subscriber("alice", "payg", balance=2 * EUR)
+    sc.initial("s1", "alice", entry(100, request=0))
+    two_reports = ServiceUsage(
+        rating_group=100, used=(UsedUnits(Units(time_s=30)), UsedUnits(Units(time_s=30)))
+    )
+    answer = sc.terminate("s1", 1, "alice", two_reports)
+    assert answer.cost_micros == 100_000  # one started minute, not two
