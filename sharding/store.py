@@ -318,35 +318,44 @@ class Store:
         state: ShardState,
         now: datetime | None,
     ) -> None:
-        async def rows(sql: str, *extra: Any) -> list[tuple[Any, ...]]:
-            cur = conn.cursor()
-            await cur.execute(sql.encode(), (wanted, *extra))
-            return await cur.fetchall()
-
-        for r in await rows(SUBSCRIBERS.select_sql()):
-            s = SUBSCRIBERS.from_row(r)
-            state.subscribers[s.subscriber_id] = s
-        for r in await rows(ACCOUNTS.select_sql()):
-            a = ACCOUNTS.from_row(r)
-            state.accounts[a.account_id] = a
-        by_account = state.buckets_by_account
-        for r in await rows(_SQL_LOAD_BUCKETS, now):
-            b = BUCKETS.from_row(r)
-            state.buckets[b.bucket_id] = b
-            ids = by_account.get(b.account_id)
-            if ids is None:
-                by_account[b.account_id] = [b.bucket_id]
-            else:
-                ids.append(b.bucket_id)
-        for r in await rows(SESSIONS.select_sql()):
-            s2 = SESSIONS.from_row(r)
-            state.sessions[s2.session_id] = s2
-        for key, kind, text, committed_at in await rows(_SQL_LOAD_ANSWERS, self.answer_horizon):
-            if kind == "cc":
-                state.answers[key] = decode_answer(text)
-                state.answer_log.append((committed_at, key))
-            else:
-                state.balance_results[key] = decode_balance_result(text)
+        # All five queries go out at once (pipeline): the server runs the next while this
+        # process turns the previous one's rows into records.
+        async with conn.pipeline():
+            cursors = []
+            for sql, extra in (
+                (_SQL_LOAD_SUBSCRIBERS, ()),
+                (_SQL_LOAD_ACCOUNTS, ()),
+                (_SQL_LOAD_BUCKETS, (now,)),
+                (_SQL_LOAD_SESSIONS, ()),
+                (_SQL_LOAD_ANSWERS, (self.answer_horizon,)),
+            ):
+                cur = conn.cursor()
+                await cur.execute(sql, (wanted, *extra))
+                cursors.append(cur)
+            subscribers, accounts, buckets, sessions, answers = cursors
+            from_row = SUBSCRIBERS.from_row
+            state.subscribers = {
+                s.subscriber_id: s for s in map(from_row, await subscribers.fetchall())
+            }
+            from_row = ACCOUNTS.from_row
+            state.accounts = {a.account_id: a for a in map(from_row, await accounts.fetchall())}
+            by_account = state.buckets_by_account
+            all_buckets = state.buckets
+            for b in map(BUCKETS.from_row, await buckets.fetchall()):
+                all_buckets[b.bucket_id] = b
+                ids = by_account.get(b.account_id)
+                if ids is None:
+                    by_account[b.account_id] = [b.bucket_id]
+                else:
+                    ids.append(b.bucket_id)
+            from_row = SESSIONS.from_row
+            state.sessions = {s.session_id: s for s in map(from_row, await sessions.fetchall())}
+            for key, kind, text, committed_at in await answers.fetchall():
+                if kind == "cc":
+                    state.answers[key] = decode_answer(text)
+                    state.answer_log.append((committed_at, key))
+                else:
+                    state.balance_results[key] = decode_balance_result(text)
 
     # -- the fenced group commit -----------------------------------------------------------------
 
@@ -537,15 +546,18 @@ def _touched_vshards(changes: Changes) -> list[int]:
     return sorted(vs)
 
 
+_SQL_LOAD_SUBSCRIBERS = SUBSCRIBERS.select_sql().encode()
+_SQL_LOAD_ACCOUNTS = ACCOUNTS.select_sql().encode()
+_SQL_LOAD_SESSIONS = SESSIONS.select_sql().encode()
 _SQL_LOAD_BUCKETS = (
     BUCKETS.select_sql()
     + " AND NOT (expires_at IS NOT NULL AND expires_at <= COALESCE(%s::timestamptz, now()) AND units = 0 AND reserved_units = 0)"
     ' ORDER BY vshard, account_id, priority, expires_at NULLS LAST, bucket_id COLLATE "C"'
-)
+).encode()
 _SQL_LOAD_ANSWERS = (
-    "SELECT idempotency_key, kind, answer, committed_at FROM answers"
-    " WHERE vshard = ANY(%s) AND committed_at >= now() - %s"
-    " ORDER BY committed_at, idempotency_key"
+    b"SELECT idempotency_key, kind, answer, committed_at FROM answers"
+    b" WHERE vshard = ANY(%s) AND committed_at >= now() - %s"
+    b" ORDER BY committed_at, idempotency_key"
 )
 _SQL_JOURNAL = JOURNAL.insert_sql(upsert=False).encode()
 _SQL_SUBSCRIBERS = SUBSCRIBERS.insert_sql(upsert=True).encode()

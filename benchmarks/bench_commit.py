@@ -1,0 +1,306 @@
+"""Fenced group commit throughput, against one transaction per request, and recovery time.
+
+Workload: each owner (a separate process, like a Ray owner actor) holds its own vshards and
+accounts; one *entry* is one charging request's write: a DEBIT journal row, the account's new
+balance (upsert) and the stored answer. The fenced group commit (``Store.commit``) writes a batch
+of B requests in ONE transaction with the epoch check; batch sizes 1, 10, 100, 1,000 with 1 and
+4 owners running concurrently on distinct vshards.
+
+Baseline (same run, same server, same owners): what a typical application writes, one
+transaction per request: ``SELECT balance FOR UPDATE``, ``UPDATE`` it, ``INSERT`` a journal row,
+``COMMIT``.
+
+Recovery: ``take_over`` + ``load`` of one vshard holding 100,000 subscribers and their 100,000
+accounts (and 100,000 buckets), into an empty ``ShardState``.
+
+Durability is on throughout (fsync on, synchronous_commit on). Figures are medians of
+``--rounds`` timed rounds of ``--seconds`` each.
+
+    .venv/bin/python benchmarks/bench_commit.py [--dsn DSN] [--rounds 3] [--seconds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from billing.state import ShardState
+from sharding import _samples as sample
+from sharding.pgserver import EmbeddedPostgres
+from sharding.store import Store
+
+ACCOUNTS_PER_OWNER = 2_000
+VSHARDS_PER_OWNER = 8
+RECOVERY_VSHARD = 100_000
+console = Console()
+
+
+def owner_vshards(owner: int) -> list[int]:
+    return [owner * VSHARDS_PER_OWNER + i for i in range(VSHARDS_PER_OWNER)]
+
+
+def owner_accounts(owner: int) -> list[Any]:
+    vshards = owner_vshards(owner)
+    return [
+        sample.account(f"o{owner}-a{i}", vshards[i % len(vshards)], balance_micros=10**12)
+        for i in range(ACCOUNTS_PER_OWNER)
+    ]
+
+
+# -- workers (one process per owner) ----------------------------------------------------------
+
+
+def group_commit_worker(
+    dsn: str, owner: int, batch: int, seconds: float, tag: str, barrier: Any, out: Any
+) -> None:
+    async def run() -> tuple[int, float]:
+        async with Store(dsn, min_size=1, max_size=1) as store:
+            epochs = await store.take_over(owner_vshards(owner), f"bench-owner-{owner}")
+            accounts = owner_accounts(owner)
+            cursor, n = 0, 0
+
+            def next_batch() -> Any:
+                nonlocal cursor, n
+                chosen = [accounts[(cursor + i) % len(accounts)] for i in range(batch)]
+                cursor += batch
+                n += 1
+                return sample.debit_batch(chosen, f"{tag}-{owner}-{n}")
+
+            await store.commit(next_batch(), epochs)  # warm-up
+            barrier.wait()
+            entries, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                await store.commit(next_batch(), epochs)
+                entries += batch
+            return entries, time.perf_counter() - start
+
+    out.put(asyncio.run(run()))
+
+
+def baseline_worker(dsn: str, owner: int, seconds: float, tag: str, barrier: Any, out: Any) -> None:
+    accounts = owner_accounts(owner)
+    with psycopg.connect(dsn) as conn:
+        barrier.wait()
+        entries, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            acc = accounts[entries % len(accounts)]
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT balance_micros FROM accounts"
+                    " WHERE vshard = %s AND account_id = %s FOR UPDATE",
+                    (acc.vshard, acc.account_id),
+                ).fetchone()
+                assert row is not None
+                conn.execute(
+                    "UPDATE accounts SET balance_micros = %s WHERE vshard = %s AND account_id = %s",
+                    (row[0] - 1_000, acc.vshard, acc.account_id),
+                )
+                conn.execute(
+                    "INSERT INTO journal (vshard, idempotency_key, line, account_id, kind,"
+                    " amount_micros, units, at) VALUES (%s, %s, 0, %s, 'debit', -1000, 0, now())",
+                    (acc.vshard, f"base-{tag}-{owner}-{entries}", acc.account_id),
+                )
+            entries += 1
+        out.put((entries, time.perf_counter() - start))
+
+
+def run_round(target: Any, owners: int, args: tuple[Any, ...]) -> float:
+    """Run ``owners`` worker processes at once; entries per second over the slowest one."""
+    ctx = mp.get_context("fork")
+    barrier, out = ctx.Barrier(owners), ctx.Queue()
+    procs = [
+        ctx.Process(target=target, args=(args[0], o, *args[1:], barrier, out))
+        for o in range(owners)
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        if p.exitcode != 0:
+            raise SystemExit(f"benchmark worker failed (exit {p.exitcode})")
+    return float(sum(e for e, _ in results)) / float(max(t for _, t in results))
+
+
+# -- setup ----------------------------------------------------------------------------------
+
+
+def setup_accounts(dsn: str, owners: int) -> None:
+    async def run() -> None:
+        async with Store(dsn) as store:
+            await store.migrate()
+            for owner in range(owners):
+                epochs = await store.take_over(owner_vshards(owner), "setup")
+                accounts = owner_accounts(owner)
+                changes = sample.debit_batch(accounts, f"setup-{owner}")
+                await store.commit(changes, epochs)
+
+    asyncio.run(run())
+
+
+def setup_recovery_vshard(dsn: str, subscribers: int) -> None:
+    """One vshard with ``subscribers`` subscribers, accounts and buckets, via COPY."""
+    v = RECOVERY_VSHARD
+    t0 = sample.T0
+    chunk = 10_000
+    with psycopg.connect(dsn) as conn, Progress(console=console, transient=True) as progress:
+        task = progress.add_task(
+            f"loading {subscribers:,} subscribers into vshard {v}", total=subscribers
+        )
+        for start in range(0, subscribers, chunk):
+            ids = range(start, min(start + chunk, subscribers))
+            with conn.cursor().copy(
+                "COPY subscribers (vshard, subscriber_id, account_id, account_vshard, plan_id,"
+                " created_at) FROM STDIN"
+            ) as copy:
+                for i in ids:
+                    copy.write_row((v, f"sub-{i:07d}", f"acc-{i:07d}", v, "payg", t0))
+            with conn.cursor().copy(
+                "COPY accounts (vshard, account_id, payment_mode, currency, plan_id,"
+                " balance_micros, credit_limit_micros, reserved_micros, created_at,"
+                " usage_counters) FROM STDIN"
+            ) as copy:
+                for i in ids:
+                    copy.write_row(
+                        (v, f"acc-{i:07d}", "prepaid", "EUR", "payg", 5_000_000, 0, 0, t0, "{}")
+                    )
+            with conn.cursor().copy(
+                "COPY buckets (vshard, bucket_id, account_id, bundle_id, service,"
+                " destination_groups, rating_groups, units, reserved_units, priority,"
+                " valid_from, expires_at) FROM STDIN"
+            ) as copy:
+                for i in ids:
+                    copy.write_row(
+                        (v, f"acc-{i:07d}/sms", f"acc-{i:07d}", "sms-100", "sms", [], [200],
+                         100, 0, 10, t0, None)
+                    )  # fmt: skip
+            conn.commit()
+            progress.advance(task, len(ids))
+
+
+def time_recovery(dsn: str, rounds: int) -> tuple[float, float, int]:
+    async def once() -> tuple[float, float, int]:
+        async with Store(dsn) as store:
+            start, cpu = time.perf_counter(), time.process_time()
+            await store.take_over([RECOVERY_VSHARD], "recovering-owner")
+            state = ShardState()
+            await store.load([RECOVERY_VSHARD], state, now=sample.T0)
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+            return elapsed, cpu, len(state.subscribers) + len(state.accounts) + len(state.buckets)
+
+    results = [asyncio.run(once()) for _ in range(rounds)]
+    return (
+        statistics.median(t for t, _, _ in results),
+        statistics.median(c for _, c, _ in results),
+        results[0][2],
+    )
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", help="an existing server (default: an embedded one, started here)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--batches", default="1,10,100,1000")
+    parser.add_argument("--owners", default="1,4")
+    parser.add_argument("--subscribers", type=int, default=100_000)
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    owner_counts = [int(o) for o in args.owners.split(",")]
+
+    server: EmbeddedPostgres | None = None
+    base: Path | None = None
+    admin = args.dsn or os.environ.get("BILLING_DSN")
+    if not admin:
+        base = Path(tempfile.mkdtemp(prefix="bench-commit-"))
+        base.chmod(0o755)
+        server = EmbeddedPostgres(base / "pg")
+        with console.status("starting an embedded PostgreSQL (fsync on, synchronous_commit on)"):
+            admin = server.start()
+    params = conninfo_to_dict(admin)
+    name = f"bench_commit_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+        version = conn.execute("SHOW server_version").fetchone()
+    params["dbname"] = name
+    dsn = make_conninfo("", **params)
+    try:
+        with console.status("creating the schema and accounts"):
+            setup_accounts(dsn, max(owner_counts))
+        table = Table(
+            title=f"Fenced group commit (PostgreSQL {version[0] if version else '?'}, medians of {args.rounds} x {args.seconds:g} s)"
+        )
+        for col in ("owners", "batch", "entries/s", "baseline req/s", "ratio"):
+            table.add_column(col, justify="right")
+        # Rounds interleave the baseline and every batch size, so that the noise of this
+        # shared machine falls on all of them alike; medians per configuration.
+        samples: dict[tuple[int, int], list[float]] = {}
+        total = len(owner_counts) * (len(batches) + 1) * args.rounds
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("measuring", total=total)
+            for r in range(args.rounds):
+                for owners in owner_counts:
+                    rate = run_round(baseline_worker, owners, (dsn, args.seconds, f"b{owners}-{r}"))
+                    samples.setdefault((owners, 0), []).append(rate)
+                    progress.advance(task)
+                    for batch in batches:
+                        tag = f"g{owners}-{batch}-{r}"
+                        rate = run_round(
+                            group_commit_worker, owners, (dsn, batch, args.seconds, tag)
+                        )
+                        samples.setdefault((owners, batch), []).append(rate)
+                        progress.advance(task)
+        figures = {k: statistics.median(v) for k, v in samples.items()}
+        base_figures = {o: figures[(o, 0)] for o in owner_counts}
+        for owners in owner_counts:
+            for batch in batches:
+                rate = figures[(owners, batch)]
+                table.add_row(
+                    str(owners),
+                    f"{batch:,}",
+                    f"{rate:,.0f}",
+                    f"{base_figures[owners]:,.0f}",
+                    f"{rate / base_figures[owners]:.1f}x",
+                )
+        console.print(table)
+
+        setup_recovery_vshard(dsn, args.subscribers)
+        with console.status("timing recovery"):
+            seconds, cpu, rows = time_recovery(dsn, args.rounds)
+        console.print(
+            f"Recovery of one vshard with {args.subscribers:,} subscribers "
+            f"({rows:,} rows: subscribers + accounts + buckets): take_over + load "
+            f"median {seconds * 1000:,.0f} ms wall, {cpu * 1000:,.0f} ms CPU of the loading "
+            f"process, over {args.rounds} runs ({rows / seconds:,.0f} rows/s)"
+        )
+        load = os.getloadavg()
+        console.print(f"Machine load average during the run: {load[0]:.1f} (1 min), 2 cores")
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+        if server is not None:
+            server.stop()
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
