@@ -20,7 +20,7 @@ floor is 0, or ``-credit_limit`` when credit may be used (see :func:`billing.acc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from billing.accounts import Poster, available_micros, consumption_key, money_floor
 from billing.protocol import PaymentMode, ServiceKind
@@ -232,6 +232,7 @@ class Priced:
     cost_micros: int
     money_units: int
     counter_after: int  # the service's cycle tier counter after this usage; -1 when untiered
+    counter_key: str = ""  # "<service>:<YYYY-MM>": the calendar month (UTC) of the usage
 
 
 def price_usage(
@@ -246,7 +247,11 @@ def price_usage(
     service = terms.service
     account = funds.account
     tiered = not funds.rated_only and funds.tiered(service)
-    counter = account.usage_counters.get(service.value, 0) if tiered else 0
+    counter_key = ""
+    counter = 0
+    if tiered and parts:
+        counter_key = f"{service.value}:{parts[0][1].astimezone(UTC):%Y-%m}"
+        counter = account.usage_counters.get(counter_key, 0)
     takes: list[tuple[Bucket, int]] = []
     taken: dict[str, int] = {}
     cost = 0
@@ -284,6 +289,7 @@ def price_usage(
         cost_micros=cost,
         money_units=money_units,
         counter_after=counter + advance if tiered else -1,
+        counter_key=counter_key,
     )
 
 
@@ -315,7 +321,11 @@ def apply_usage(
     if account.payment_mode is PaymentMode.PREPAID:
         assert account.balance_micros >= funds.floor, "a prepaid balance went below its floor"
     if priced.counter_after >= 0 and priced.money_units:
-        account.usage_counters[terms.service.value] = priced.counter_after
+        counters = account.usage_counters
+        prefix = terms.service.value + ":"
+        for stale in [k for k in counters if k.startswith(prefix) and k != priced.counter_key]:
+            del counters[stale]  # a new month: the cycle's tiers start again
+        counters[priced.counter_key] = priced.counter_after
     return charged, cost - charged
 
 

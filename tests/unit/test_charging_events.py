@@ -215,3 +215,19 @@ def test_free_and_denied_events() -> None:
     assert balance(sc, "alice") == (EUR, 0)
     check = sc.event("e3", "alice", CHECK, entry(200, request=1))
     assert check.check_balance_result is CheckBalanceResult.NO_CREDIT
+
+
+def test_volume_tiers_count_the_calendar_month_of_the_usage(sc: Scenario) -> None:
+    sc.subscriber("bob", "postpaid-monthly", credit_limit=1000 * EUR)
+    sc.advance(31 * 86_400)  # 2 April: the bundles have expired, data is paid per MiB
+    gib = 1 << 30
+    first = sc.event("e1", "bob", DEBIT, entry(10, request=10 * gib))
+    assert first.cost_micros == 10240 * 20_000  # the first 10 GiB of the month at 0.02/MiB
+    second = sc.event("e2", "bob", DEBIT, entry(10, request=gib))
+    assert second.cost_micros == 1024 * 10_000  # beyond 10 GiB: 0.01/MiB
+    account = sc.state.accounts["bob"]
+    assert account.usage_counters == {"data:2026-04": 11 * gib}
+    sc.advance(30 * 86_400)  # May: the tiers start again, April's counter is dropped
+    third = sc.event("e3", "bob", DEBIT, entry(10, request=gib))
+    assert third.cost_micros == 1024 * 20_000
+    assert account.usage_counters == {"data:2026-05": gib}
