@@ -368,6 +368,7 @@ def apply_balance(state: ShardState, command: BalanceCommand, *, now: datetime) 
     )
     state.balance_results[key] = result
     state.pending.balance_results[key] = (account.vshard, result)
+    state.answer_log.append((now, key))  # pruned by the answers' retention horizon
     return result
 
 

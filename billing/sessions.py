@@ -318,7 +318,8 @@ def release_orphans(state: ShardState, *, now: datetime) -> list[str]:
 
 
 def prune_answers(state: ShardState, older_than: datetime) -> int:
-    """Forget stored answers given before ``older_than`` whose session is no longer open.
+    """Forget stored answers (and balance command results) given before ``older_than``, except
+    those of sessions still open.
 
     Answers of open sessions are kept (their retransmissions must still be recognised). Returns
     how many were pruned. The persistence layer prunes its own copy by the same horizon.
@@ -329,10 +330,13 @@ def prune_answers(state: ShardState, older_than: datetime) -> int:
     while log and log[0][0] < older_than:
         entry = log.popleft()
         key = entry[1]
-        session_id = key[3 : key.rindex("#")] if key.startswith("cc:") else ""
-        if session_id in state.sessions:
+        session_id = key[3 : key.rindex("#")] if key.startswith("cc:") and "#" in key else None
+        if session_id is not None and session_id in state.sessions:
             kept.append(entry)
-        elif state.answers.pop(key, None) is not None:
+            continue
+        if state.answers.pop(key, None) is not None:
+            pruned += 1
+        if state.balance_results.pop(key, None) is not None:
             pruned += 1
     log.extend(kept)
     return pruned

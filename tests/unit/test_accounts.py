@@ -281,3 +281,14 @@ def test_buckets_are_consumed_by_priority_whatever_the_index_order() -> None:
     sc.terminate("s1", 1, "bob", entry(200, used=4))
     assert (by_bundle["sms-promo"].units, by_bundle["sms-500"].units) == (0, 499)
     assert audit(sc.state, sc.journal) == []
+
+
+def test_balance_results_are_pruned_with_the_answers(sc: Scenario) -> None:
+    from billing.charging import prune_answers
+
+    sc.subscriber("alice", "payg", balance=EUR)
+    apply_balance(sc.state, _cmd("topup", EUR, "k-old"), now=sc.now)
+    horizon = sc.advance(60)
+    apply_balance(sc.state, _cmd("topup", EUR, "k-new"), now=sc.now)
+    assert prune_answers(sc.state, horizon) == 1
+    assert set(sc.state.balance_results) == {"k-new"}
