@@ -354,6 +354,63 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+class CpuMeter:
+    """CPU seconds spent by each part of the system between start() and stop().
+
+    Parts: the front door (this process: gRPC server + Ray driver), the owners, PostgreSQL (the
+    embedded server's processes), the load generator (spawned client) and the rest of Ray.
+    """
+
+    def __init__(self, postmaster: int | None) -> None:
+        self._postmaster = postmaster
+        self._start: dict[int, int] = {}
+
+    def _groups(self) -> dict[int, str]:
+        me = os.getpid()
+        groups = {me: "frontdoor"}
+        for pid in descendants(me):
+            cmd = _cmdline(pid)
+            if cmd.startswith(b"ray::ShardOwner"):
+                groups[pid] = "owners"
+            elif b"spawn_main" in cmd:
+                groups[pid] = "client"
+            elif b"echo_server" in cmd or b"--serve-baseline" in cmd:
+                groups[pid] = "other server"
+            else:
+                groups[pid] = "ray (other)"
+        if self._postmaster:
+            groups[self._postmaster] = "postgresql"
+            for pid in descendants(self._postmaster):
+                groups[pid] = "postgresql"
+        return groups
+
+    def start(self) -> None:
+        self._start = {pid: _cpu_ticks(pid) for pid in self._groups()}
+
+    def stop(self) -> dict[str, float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        used: dict[str, float] = {}
+        for pid, group in self._groups().items():
+            delta = _cpu_ticks(pid) - self._start.get(pid, 0)
+            used[group] = used.get(group, 0.0) + delta / ticks
+        return used
+
+
 def owner_rss_bytes() -> dict[int, int]:
     """RSS of this process's ShardOwner worker processes (descendants named ray::ShardOwner)."""
     sizes = {}
@@ -368,6 +425,13 @@ def owner_rss_bytes() -> dict[int, int]:
         except OSError:
             continue
     return sizes
+
+
+def per_request(used: dict[str, float], requests: int) -> str:
+    parts = sorted(used.items(), key=lambda item: -item[1])
+    total = sum(used.values())
+    shown = ", ".join(f"{name} {seconds / max(requests, 1) * 1e6:.0f}" for name, seconds in parts)
+    return f"{total / max(requests, 1) * 1e6:.0f} µs total ({shown})"
 
 
 def fmt(report: LoadReport) -> str:
@@ -432,6 +496,8 @@ async def bench(args: argparse.Namespace) -> None:
             seconds = await provision(system.handles, subscribers)
             print(f"provisioned {subscribers:,} subscribers in {seconds:.1f} s")
         door = await start_frontdoor(port=0)
+        postmaster = system.embedded.status()["pid"] if system.embedded is not None else None
+        meter = CpuMeter(postmaster)
         echo_port = free_port()
         base_port = free_port()
         echo = subprocess_server(["benchmarks/echo_server.py", "--port", str(echo_port)], "echo")
@@ -463,15 +529,19 @@ async def bench(args: argparse.Namespace) -> None:
                     r = await in_child(_load_child, unary(echo_target))
                     print(f"unary echo      {fmt(r)}")
                     note("unary_echo", r.throughput)
+                    meter.start()
                     r = await in_child(_load_child, unary(door.address))
                     print(f"unary frontdoor {fmt(r)}")
+                    print(f"  cpu per request: {per_request(meter.stop(), r.requests)}")
                     note("unary_frontdoor", r.throughput)
                 if "stream" in phases:
                     s = await in_child(_stream_child, (echo_target, *stream_args))
                     print(f"stream echo      {s.rate:9,.0f} req/s  {s.results}")
                     note("stream_echo", s.rate)
+                    meter.start()
                     s = await in_child(_stream_child, (door.address, *stream_args))
                     print(f"stream frontdoor {s.rate:9,.0f} req/s  {s.results}")
+                    print(f"  cpu per request: {per_request(meter.stop(), s.requests)}")
                     note("stream_frontdoor", s.rate)
                 if "latency" in phases:
                     config = LoadConfig(

@@ -284,6 +284,18 @@ class Dispatcher:
         shard_map = self.shard_map
         return shard_map.owner_of(vshard_of(routing_key, shard_map.vshard_count))
 
+    def submit_once(self, request: OwnerRequest) -> asyncio.Future[OwnerReply]:
+        """One attempt without retries: the future of the owner's reply (callers that batch).
+
+        Raises Overloaded when the owner's queue is full.
+        """
+        owner = self.owner_for(request.routing_key)
+        try:
+            return self._batcher(owner).submit(request)
+        except QueueFull as full:
+            self.stats.overloaded += 1
+            raise Overloaded(str(full)) from None
+
     async def call(
         self, request: OwnerRequest, timeout_s: float | None = None
     ) -> Answered | Rejected:
@@ -433,6 +445,91 @@ class ChargingService(pb_grpc.ChargingServicer):
             )
         return answer
 
+    async def _charge_many(
+        self, msgs: list[pb.CreditControlRequest], timeout_s: float | None
+    ) -> list[pb.CreditControlAnswer]:
+        """Many requests to answers in order, without a task per request.
+
+        First attempt: every valid request goes straight into its owner's batcher and the
+        futures are awaited together. Only requests that come back NotOwner/Unavailable (or could
+        not be queued) take the full retrying path of :meth:`Dispatcher.call`.
+        """
+        started = time.perf_counter()
+        answers: list[pb.CreditControlAnswer | None] = [None] * len(msgs)
+        first: list[tuple[int, CreditControlRequest, asyncio.Future[OwnerReply]]] = []
+        retry: list[tuple[int, CreditControlRequest]] = []
+        for index, msg in enumerate(msgs):
+            try:
+                request = convert.request_from_proto(msg)
+            except ValidationError as error:
+                answers[index] = convert.error_answer(
+                    msg.session_id, msg.request_number, error.result_code, str(error)
+                )
+                continue
+            try:
+                future = self._dispatcher.submit_once(ChargeRequest(request))
+            except DispatchError:
+                retry.append((index, request))
+                continue
+            first.append((index, request, future))
+        budget = self._dispatcher.request_timeout_s if timeout_s is None else timeout_s
+        newest = 0
+        if first:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(budget):
+                    await asyncio.wait([future for _, _, future in first])
+        for index, request, future in first:
+            if not future.done():
+                future.cancel()  # dropped from its batch if it has not left yet
+                answers[index] = convert.error_answer(
+                    request.session_id,
+                    request.request_number,
+                    ResultCode.UNABLE_TO_COMPLY,
+                    "deadline exceeded waiting for the owner; retry with the same request",
+                )
+                continue
+            reply = future.result()
+            if isinstance(reply, (Answered, Rejected)):
+                answers[index] = convert.answer_to_proto(self._answer_of(request, reply))
+                continue
+            if isinstance(reply, NotOwner):
+                self._dispatcher.stats.not_owner_retries += 1
+                newest = max(newest, reply.map_version)
+            else:
+                self._dispatcher.stats.unavailable_retries += 1
+            retry.append((index, request))
+        if newest:  # a vshard moved: fetch the newer map once for all of them
+            with contextlib.suppress(Exception):
+                await self._dispatcher.refresh_map(
+                    max(newest, self._dispatcher.shard_map.version + 1)
+                )
+        if retry:
+            remaining = max(budget - (time.perf_counter() - started), 0.001)
+            retried = await asyncio.gather(
+                *(self._charge_domain(request, remaining) for _, request in retry)
+            )
+            for (index, _), answer in zip(retry, retried, strict=True):
+                answers[index] = answer
+        if self._telemetry.enabled:
+            seconds = time.perf_counter() - started
+            for done in answers:
+                if done is not None:
+                    self._telemetry.request_done(
+                        "CreditControlBatchStream", str(done.result_code), seconds
+                    )
+        return [answer for answer in answers if answer is not None]
+
+    async def _charge_domain(
+        self, request: CreditControlRequest, timeout_s: float
+    ) -> pb.CreditControlAnswer:
+        try:
+            reply = await self._dispatcher.call(ChargeRequest(request), timeout_s)
+        except DispatchError as error:
+            return convert.error_answer(
+                request.session_id, request.request_number, error.result, str(error)
+            )
+        return convert.answer_to_proto(self._answer_of(request, reply))
+
     @staticmethod
     def _answer_of(
         request: CreditControlRequest, reply: Answered | Rejected
@@ -530,12 +627,7 @@ class ChargingService(pb_grpc.ChargingServicer):
         async def one(batch: pb.CreditControlRequestBatch, size: int) -> None:
             try:
                 timeout_s = _timeout(context)
-                answers = await asyncio.gather(
-                    *(
-                        self._charge(msg, timeout_s, "CreditControlBatchStream")
-                        for msg in batch.requests
-                    )
-                )
+                answers = await self._charge_many(list(batch.requests), timeout_s)
                 outbox.put_nowait(pb.CreditControlAnswerBatch(answers=answers))
             finally:
                 for _ in range(size):

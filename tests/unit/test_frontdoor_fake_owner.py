@@ -309,6 +309,39 @@ def test_stream_answers_every_request_and_invalid_ones_by_result_code() -> None:
     run(scenario)
 
 
+def test_batch_stream_answers_in_order_through_retries_and_bad_requests() -> None:
+    async def scenario() -> None:
+        owners = FakeOwners(balanced_map(64, ["o0", "o1"]))
+        flaky = {"left": 3}
+
+        def script(owner: str, request: OwnerRequest) -> OwnerReply | None:
+            if flaky["left"] > 0 and owner == "o1":
+                flaky["left"] -= 1
+                return Unavailable("commit failed")
+            return None
+
+        owners.script = script
+        async for door, channel in _serve(owners):
+            # Half the map moves to o1 behind the front door's back: those get NotOwner first.
+            moved = ShardMap.from_dict(2, 64, {v: "o1" if v < 32 else "o0" for v in range(64)})
+            owners.map = moved
+            stub = pb_grpc.ChargingStub(channel)
+            messages = [_request(f"s{i}", f"b{i}") for i in range(60)]
+            messages[7].ClearField("session_id")
+            call = stub.CreditControlBatchStream(
+                iter([pb.CreditControlRequestBatch(requests=messages)]), timeout=10
+            )
+            [batch] = [b async for b in call]
+            assert [a.session_id for a in batch.answers] == [m.session_id for m in messages]
+            codes = [a.result_code for a in batch.answers]
+            assert codes[7] == pb.RESULT_CODE_MISSING_AVP
+            assert all(c == pb.RESULT_CODE_SUCCESS for i, c in enumerate(codes) if i != 7)
+            assert door.dispatcher.stats.not_owner_retries > 0
+            assert door.dispatcher.stats.unavailable_retries > 0
+
+    run(scenario)
+
+
 def test_health_and_reflection_are_served() -> None:
     async def scenario() -> None:
         owners = FakeOwners(balanced_map(64, ["o0"]))
