@@ -203,6 +203,15 @@ def provision_subscriber(
     if now.tzinfo is None:
         raise ChargingError("now", "must be timezone-aware")
     version = plan.version_at(now)
+    order = version.consumption_order
+    if "bundles" in order and any(
+        m in order and order.index(m) < order.index("bundles") for m in ("prepaid", "credit")
+    ):  # the same rule as billing.quota.order_problem (which imports this module)
+        raise ChargingError(
+            "plan",
+            f"{plan.plan_id!r}: consumption order {list(order)} spends money before "
+            "bundles: not supported",
+        )
     own_id = account_id if account_id is not None else subscriber_id
     if not own_id:
         raise ChargingError("account_id", "must not be empty")

@@ -33,7 +33,7 @@ from billing.protocol import (
     ResultCode,
     Units,
 )
-from billing.quota import funds_for
+from billing.quota import funds_for, order_problem
 from billing.rating import RatingError
 from billing.sessions import (
     continue_session,
@@ -218,6 +218,9 @@ def handle(
         version = plan.version_at(now)
     except (TariffError, RatingError, KeyError) as err:
         return _failure(request, ResultCode.RATING_FAILED, f"plan {plan_id!r}: {err}")
+    refused = order_problem(version.consumption_order)
+    if refused is not None:
+        return _failure(request, ResultCode.RATING_FAILED, f"plan {plan_id!r}: {refused}")
     destination, visited_plmn = request.destination, request.visited_plmn
     if session is not None:
         # The called party is fixed when the session starts; the visited network may change.

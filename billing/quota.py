@@ -86,6 +86,22 @@ class Funds:
         return service in known[1]
 
 
+def order_problem(order: tuple[str, ...]) -> str | None:
+    """Why this consumption order cannot be honoured, or ``None``.
+
+    Money is one pool (prepaid down to 0, then credit down to the limit), so the supported orders
+    use bundles, when listed, before money; a plan spending money before its bundles is refused
+    with this message rather than charged in a different order than it states.
+    """
+    if "bundles" in order:
+        first_money = min(
+            (order.index(m) for m in ("prepaid", "credit") if m in order), default=None
+        )
+        if first_money is not None and first_money < order.index("bundles"):
+            return f"consumption order {list(order)} spends money before bundles: not supported"
+    return None
+
+
 def funds_for(
     state: ShardState,
     key: str,

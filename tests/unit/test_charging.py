@@ -696,3 +696,25 @@ def test_several_reports_of_one_stretch_are_rated_together(sc: Scenario) -> None
     )
     answer = sc.terminate("s1", 1, "alice", two_reports)
     assert answer.cost_micros == 100_000  # one started minute, not two
+
+
+def test_plan_spending_money_before_bundles_is_refused_not_reordered(sc: Scenario) -> None:
+    text = template_text("hybrid").replace("plan_id: hybrid", "plan_id: money-first")
+    text = text.replace(
+        "consumption_order: [bundles, prepaid, credit]",
+        "consumption_order: [prepaid, bundles, credit]",
+    )
+    assert "[prepaid, bundles, credit]" in text
+    plan = load_plan(text, source="money-first")
+    from billing.accounts import ChargingError
+
+    with pytest.raises(ChargingError, match="before bundles"):
+        Scenario(catalog=sc.catalog.with_plan(plan), now=PEAK).subscriber("x", "money-first")
+    # A subscriber provisioned before the plan changed gets 5031 naming the order.
+    sc.subscriber("hana", "hybrid", balance=EUR)
+    sc.catalog = sc.catalog.with_plan(
+        load_plan(text.replace("plan_id: money-first", "plan_id: hybrid"), source="hybrid-2")
+    )
+    answer = sc.initial("s1", "hana", entry(100, request=0))
+    assert answer.result_code is ResultCode.RATING_FAILED
+    assert "before bundles" in answer.error_message
