@@ -19,12 +19,17 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from sharding.pgserver import EmbeddedPostgres
+    from sharding.store import Store
+
 
 @pytest.fixture(scope="session")
-def pg_embedded() -> Iterator[object | None]:
+def pg_embedded() -> Iterator[EmbeddedPostgres | None]:
     """The embedded server (None when BILLING_TEST_DSN points at an external one)."""
     if os.environ.get("BILLING_TEST_DSN"):
         yield None
@@ -43,13 +48,11 @@ def pg_embedded() -> Iterator[object | None]:
 
 
 @pytest.fixture(scope="session")
-def pg_server(pg_embedded: object | None) -> str:
+def pg_server(pg_embedded: EmbeddedPostgres | None) -> str:
     """Admin DSN (database ``postgres``) of the test server."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    from sharding.pgserver import EmbeddedPostgres
-
-    if isinstance(pg_embedded, EmbeddedPostgres):
+    if pg_embedded is not None:
         dsn = str(pg_embedded.status()["dsn"])
     else:
         dsn = os.environ["BILLING_TEST_DSN"]
@@ -84,7 +87,7 @@ def aio() -> Iterator[asyncio.Runner]:
 
 
 @pytest.fixture
-def store(pg_dsn: str, aio: asyncio.Runner) -> Iterator[object]:
+def store(pg_dsn: str, aio: asyncio.Runner) -> Iterator[Store]:
     """An open, migrated ``Store`` on a fresh database (use it through ``aio.run``)."""
     from sharding.store import Store
 
