@@ -145,7 +145,8 @@ class Store:
 
     Keyword arguments: pool sizes; ``timeout_s`` is how long a call waits for a connection before
     :class:`StoreUnavailable`; ``answer_horizon`` is how far back :meth:`load` reads answers
-    (idempotency for retries; older keys are still refused by the journal's unique key).
+    (idempotency for retries; older keys are still refused by the journal's unique key);
+    ``max_commit_rows`` bounds one commit (invariant 6: a bigger one is refused, not tried).
     """
 
     def __init__(
@@ -156,11 +157,13 @@ class Store:
         max_size: int = 4,
         timeout_s: float = 10.0,
         answer_horizon: timedelta = timedelta(days=1),
+        max_commit_rows: int = 200_000,
     ) -> None:
         if not 1 <= min_size <= max_size:
             raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
         self.dsn = dsn
         self.answer_horizon = answer_horizon
+        self.max_commit_rows = max_commit_rows
         self._citus = False
         self._returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
             weakref.WeakKeyDictionary()
@@ -368,6 +371,12 @@ class Store:
         touched = _touched_vshards(changes)
         if not touched:
             return
+        rows = _row_count(changes)
+        if rows > self.max_commit_rows:
+            raise ValueError(
+                f"commit of {rows} rows exceeds max_commit_rows={self.max_commit_rows}: "
+                "flush smaller batches"
+            )
         missing = sorted(v for v in touched if v not in epochs)
         if missing:
             raise ValueError(f"commit touches vshards {missing} but no epoch was given for them")
@@ -531,6 +540,19 @@ class Store:
                 cur = await conn.execute(sql)
                 problems += [fmt.format(*row) for row in await cur.fetchall()]
             return problems
+
+
+def _row_count(changes: Changes) -> int:
+    return (
+        len(changes.accounts)
+        + len(changes.buckets)
+        + len(changes.subscribers)
+        + len(changes.sessions)
+        + len(changes.ended_sessions)
+        + len(changes.journal)
+        + len(changes.answers)
+        + len(changes.balance_results)
+    )
 
 
 def _touched_vshards(changes: Changes) -> list[int]:

@@ -126,6 +126,14 @@ def test_missing_epoch_is_a_clear_error(store: Store, aio: asyncio.Runner, pg_ds
     assert count(pg_dsn, "journal") == 0
 
 
+def test_oversized_commit_is_refused_whole(store: Store, aio: asyncio.Runner, pg_dsn: str) -> None:
+    epochs = aio.run(store.take_over([3], "owner-a"))
+    store.max_commit_rows = 5
+    with pytest.raises(ValueError, match="exceeds max_commit_rows=5"):
+        aio.run(store.commit(full_changes(3), epochs))
+    assert count(pg_dsn, "journal") == 0
+
+
 def test_naive_datetime_is_refused_before_writing(store: Store, aio: asyncio.Runner) -> None:
     epochs = aio.run(store.take_over([3], "owner-a"))
     ch = Changes()
