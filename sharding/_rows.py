@@ -30,6 +30,8 @@ __all__ = [
     "SESSIONS",
     "SUBSCRIBERS",
     "Table",
+    "answer_data",
+    "balance_result_data",
     "batch_json",
     "decode_answer",
     "decode_balance_result",
@@ -43,10 +45,6 @@ _enc_reservations = encoder(_RESERVATIONS)
 _dec_reservations = decoder(_RESERVATIONS)
 
 
-def _json(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
-
 def _aware(value: datetime, what: str) -> datetime:
     if value.tzinfo is None:
         raise CodecError(f"{what} must be timezone-aware (UTC), got naive {value!r}")
@@ -56,6 +54,11 @@ def _aware(value: datetime, what: str) -> datetime:
 def encode_answer(answer: CreditControlAnswer) -> str:
     """Compact JSON of an answer (defaults left out, enums as values)."""
     return encode_json(CreditControlAnswer, answer)
+
+
+answer_data: Callable[[CreditControlAnswer], dict[str, Any]] = encoder(CreditControlAnswer)
+"""The JSON-able form of an answer (what :func:`encode_answer` serialises)."""
+balance_result_data: Callable[[BalanceResult], dict[str, Any]] = encoder(BalanceResult)
 
 
 _dec_answer = decoder(CreditControlAnswer)
@@ -137,11 +140,11 @@ class Table:
         """The record's fields without a column, (name, encoder, decoder), kept in ``extra``."""
         return _extra_fields(self.record, frozenset(c for c, _ in self.columns) - {"extra"})
 
-    def encode_extra(self, record: Any) -> str | None:
+    def encode_extra(self, record: Any) -> dict[str, Any] | None:
         fields = self.extra_fields()
         if not fields:
             return None
-        return _json({name: enc(getattr(record, name)) for name, enc, _ in fields})
+        return {name: enc(getattr(record, name)) for name, enc, _ in fields}
 
     def decode_extra(self, text: Any) -> dict[str, Any]:
         if text is None:
@@ -193,10 +196,12 @@ def batch_json(rows: Sequence[Sequence[Any]]) -> str:
 def _select_expr(index: int, pg_type: str) -> str:
     if pg_type == "text":
         return f"r->>{index}"
+    if pg_type == "jsonb":
+        return f"NULLIF(r->{index}, 'null'::jsonb)"
     if pg_type == "text[]":
-        return f"ARRAY(SELECT jsonb_array_elements_text((r->>{index})::jsonb))"
+        return f"ARRAY(SELECT jsonb_array_elements_text(r->{index}))"
     if pg_type == "integer[]":
-        return f"ARRAY(SELECT jsonb_array_elements_text((r->>{index})::jsonb)::integer)"
+        return f"ARRAY(SELECT jsonb_array_elements_text(r->{index})::integer)"
     return f"(r->>{index})::{pg_type}"
 
 
@@ -207,12 +212,12 @@ def _make_tables() -> dict[str, Table]:
         """The table's ``extra`` encoder: a constant None while every field has a column."""
         fields: list[tuple[tuple[str, Any, Any], ...]] = []
 
-        def encode(record: Any) -> str | None:
+        def encode(record: Any) -> dict[str, Any] | None:
             if not fields:
                 fields.append(tables[name].extra_fields())
             if not fields[0]:
                 return None
-            return _json({n: enc(getattr(record, n)) for n, enc, _ in fields[0]})
+            return {n: enc(getattr(record, n)) for n, enc, _ in fields[0]}
 
         return encode
 
@@ -268,7 +273,7 @@ def _make_tables() -> dict[str, Table]:
         ("vshard", "account_id"),
         lambda a: (a.vshard, a.account_id, a.payment_mode.value, a.currency, a.plan_id,
                    a.balance_micros, a.credit_limit_micros, a.reserved_micros,
-                   _aware(a.created_at, "account.created_at"), _json(a.usage_counters),
+                   _aware(a.created_at, "account.created_at"), a.usage_counters,
                    acc_extra(a)),
         ("account_id", "vshard", "payment_mode", "currency", "plan_id", "balance_micros",
          "credit_limit_micros", "reserved_micros", "created_at", "usage_counters"),
@@ -286,7 +291,7 @@ def _make_tables() -> dict[str, Table]:
          ("priority", "integer"), ("valid_from", "timestamptz"), ("expires_at", "timestamptz")),
         ("vshard", "bucket_id"),
         lambda b: (b.vshard, b.bucket_id, b.account_id, b.bundle_id, b.service.value,
-                   _json(list(b.destination_groups)), _json(list(b.rating_groups)), b.units,
+                   b.destination_groups, b.rating_groups, b.units,
                    b.reserved_units, b.priority, _aware(b.valid_from, "bucket.valid_from"),
                    b.expires_at and _aware(b.expires_at, "bucket.expires_at"), bkt_extra(b)),
         ("bucket_id", "account_id", "vshard", "bundle_id", "service", "destination_groups",
@@ -309,7 +314,7 @@ def _make_tables() -> dict[str, Table]:
                    s.destination, s.visited_plmn, _aware(s.started_at, "session.started_at"),
                    _aware(s.last_seen_at, "session.last_seen_at"),
                    _aware(s.expires_at, "session.expires_at"), s.next_request_number,
-                   _json(_enc_reservations(s.reservations)), ses_extra(s)),
+                   _enc_reservations(s.reservations), ses_extra(s)),
         ("session_id", "vshard", "subscriber_id", "account_id", "plan_id", "destination",
          "visited_plmn", "started_at", "last_seen_at", "expires_at", "next_request_number",
          "reservations"),

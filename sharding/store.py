@@ -35,11 +35,11 @@ from sharding._rows import (
     JOURNAL,
     SESSIONS,
     SUBSCRIBERS,
+    answer_data,
+    balance_result_data,
     batch_json,
     decode_answer,
     decode_balance_result,
-    encode_answer,
-    encode_balance_result,
 )
 
 __all__ = [
@@ -398,12 +398,11 @@ class Store:
             ended = [[v, sid] for sid, v in changes.ended_sessions.items()]
             writes.append((_SQL_END_SESSIONS, batch_json(ended)))
         if changes.answers or changes.balance_results:
-            answers: list[tuple[int, str, str, str]] = [
-                (v, key, "cc", encode_answer(answer))
-                for key, (v, answer) in changes.answers.items()
+            answers: list[tuple[int, str, str, dict[str, Any]]] = [
+                (v, key, "cc", answer_data(answer)) for key, (v, answer) in changes.answers.items()
             ]
             answers += [
-                (v, key, "balance", encode_balance_result(result))
+                (v, key, "balance", balance_result_data(result))
                 for key, (v, result) in changes.balance_results.items()
             ]
             writes.append((_SQL_ANSWERS, batch_json(answers)))
@@ -592,7 +591,7 @@ _SQL_END_SESSIONS = (
 )
 _SQL_ANSWERS = (
     b"INSERT INTO answers (vshard, idempotency_key, kind, answer)"
-    b" SELECT (r->>0)::integer, r->>1, r->>2, r->>3 FROM jsonb_array_elements(%s::jsonb) AS r"
+    b" SELECT (r->>0)::integer, r->>1, r->>2, (r->3)::text FROM jsonb_array_elements(%s::jsonb) AS r"
 )
 
 _AUDIT_QUERIES: list[tuple[str, str]] = [
