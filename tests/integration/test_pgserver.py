@@ -172,3 +172,42 @@ def test_store_survives_a_server_restart(base_dir: Path) -> None:
             return int(row[0])
 
     assert asyncio.run(scenario()) == 6  # batches 0 and 2; batch 1 wrote nothing
+
+
+def test_a_server_that_fails_to_start_shows_its_log(base_dir: Path) -> None:
+    server = EmbeddedPostgres(base_dir / "pg")
+    server.start()
+    server.stop()
+    with (base_dir / "pg" / "postgresql.conf").open("a") as conf:
+        conf.write("shared_buffers = 'plenty'\n")
+    with pytest.raises(PgServerError, match=r"did not start(.|\n)*server log tail"):
+        server.start()
+
+
+def test_as_root_without_a_postgres_user_a_billing_user_is_created(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The code path for machines without a `postgres` OS user (checked without touching
+    the system: pwd and useradd are fakes)."""
+    import pwd as real_pwd
+
+    created: list[list[str]] = []
+    entry = real_pwd.struct_passwd(("billing", "x", 990, 990, "", "/", "/usr/sbin/nologin"))
+
+    def getpwnam(name: str) -> real_pwd.struct_passwd:
+        if name == "billing" and created:
+            return entry
+        raise KeyError(name)
+
+    def run(args: list[str], **kwargs: object) -> object:
+        created.append(args)
+        return type("Done", (), {"returncode": 0, "stderr": ""})()
+
+    monkeypatch.setattr(pgserver.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(pgserver.pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(pgserver.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(pgserver.subprocess, "run", run)
+    run_as = pgserver._run_as_user()
+    assert run_as == pgserver._RunAs(990, 990, "billing")
+    assert created and created[0][0] == "/usr/sbin/useradd" and created[0][-1] == "billing"
+    assert "--system" in created[0]
