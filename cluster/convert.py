@@ -218,13 +218,19 @@ def datetime_to_timestamp(at: datetime) -> Timestamp:
 
 
 def units_from_proto(msg: pb.Units, field: str) -> Units:
-    """Domain units; every kind is an integer in [0, UNITS_MAX]."""
-    values = {}
-    for name in _UNIT_FIELDS:
-        value = getattr(msg, name)
-        if value:
-            values[name] = _amount(value, f"{field}.{name}", minimum=0, maximum=UNITS_MAX)
-    return Units(**values)
+    """Domain units; every kind is an integer in [0, UNITS_MAX] (the error names the kind)."""
+    values = (
+        msg.time_s,
+        msg.total_octets,
+        msg.input_octets,
+        msg.output_octets,
+        msg.service_units,
+        msg.money_micros,
+    )
+    if min(values) < 0 or max(values) > UNITS_MAX:
+        for name, value in zip(_UNIT_FIELDS, values, strict=True):
+            _amount(value, f"{field}.{name}", minimum=0, maximum=UNITS_MAX)
+    return Units(*values)
 
 
 def units_to_proto(units: Units) -> pb.Units:
