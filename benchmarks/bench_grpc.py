@@ -526,8 +526,10 @@ async def bench(args: argparse.Namespace) -> None:
             for round_ in range(args.rounds):
                 print(f"## round {round_ + 1}/{args.rounds}")
                 if "unary" in phases:
+                    meter.start()
                     r = await in_child(_load_child, unary(echo_target))
                     print(f"unary echo      {fmt(r)}")
+                    print(f"  cpu per request: {per_request(meter.stop(), r.requests)}")
                     note("unary_echo", r.throughput)
                     meter.start()
                     r = await in_child(_load_child, unary(door.address))
