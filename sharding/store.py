@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from importlib import resources
 from typing import Any
 
 import psycopg
@@ -29,6 +28,7 @@ import psycopg_pool
 from psycopg import errors as pg_errors
 
 from billing.state import Changes, ShardState
+from sharding import _sql as q
 from sharding._rows import (
     ACCOUNTS,
     BUCKETS,
@@ -53,7 +53,6 @@ __all__ = [
 
 _MIGRATION_LOCK = 0x62696C6C  # pg_advisory_xact_lock key: "bill"
 _FENCE_SQLSTATE = "BF001"  # raised by billing_fence() (migration 0002)
-_SQL_FENCE = b"SELECT billing_fence(%s::integer[], %s::bigint[])"
 _CONNECT_TIMEOUT_S = 5
 _RECONNECT_TIMEOUT_S = 5.0
 _CHECK_IDLE_S = 1.0  # probe a pooled connection before use if idle longer than this
@@ -100,15 +99,6 @@ class ShardMapRecord:
     version: int
     vshard_count: int
     assignments: dict[int, str] = field(default_factory=dict)  # vshard -> owner name
-
-
-def _migrations() -> list[tuple[str, str]]:
-    """(version, sql) of every ``sharding/migrations/NNNN_*.sql``, in order."""
-    found = []
-    for entry in resources.files("sharding").joinpath("migrations").iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((entry.name.removesuffix(".sql"), entry.read_text()))
-    return sorted(found)
 
 
 @contextmanager
@@ -228,7 +218,7 @@ class Store:
         serialises them, and each migration commits with its row in ``schema_migrations``.
         """
         applied_now: list[str] = []
-        for version, sql in _migrations():
+        for version, sql in q.migrations():
             async with self._tx(f"migration {version}") as conn:
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
                 await conn.execute(
@@ -326,11 +316,11 @@ class Store:
         async with conn.pipeline():
             cursors = []
             for sql, extra in (
-                (_SQL_LOAD_SUBSCRIBERS, ()),
-                (_SQL_LOAD_ACCOUNTS, ()),
-                (_SQL_LOAD_BUCKETS, (now,)),
-                (_SQL_LOAD_SESSIONS, ()),
-                (_SQL_LOAD_ANSWERS, (self.answer_horizon,)),
+                (q.SQL_LOAD_SUBSCRIBERS, ()),
+                (q.SQL_LOAD_ACCOUNTS, ()),
+                (q.SQL_LOAD_BUCKETS, (now,)),
+                (q.SQL_LOAD_SESSIONS, ()),
+                (q.SQL_LOAD_ANSWERS, (self.answer_horizon,)),
             ):
                 cur = conn.cursor()
                 await cur.execute(sql, (wanted, *extra))
@@ -383,20 +373,20 @@ class Store:
         # Encode before the transaction: a bad record fails without touching the database.
         writes: list[tuple[bytes, str]] = []
         if changes.journal:
-            writes.append((_SQL_JOURNAL, JOURNAL.batch_json(changes.journal)))
+            writes.append((q.SQL_JOURNAL, JOURNAL.batch_json(changes.journal)))
         if changes.subscribers:
             writes.append(
-                (_SQL_SUBSCRIBERS, SUBSCRIBERS.batch_json(list(changes.subscribers.values())))
+                (q.SQL_SUBSCRIBERS, SUBSCRIBERS.batch_json(list(changes.subscribers.values())))
             )
         if changes.accounts:
-            writes.append((_SQL_ACCOUNTS, ACCOUNTS.batch_json(list(changes.accounts.values()))))
+            writes.append((q.SQL_ACCOUNTS, ACCOUNTS.batch_json(list(changes.accounts.values()))))
         if changes.buckets:
-            writes.append((_SQL_BUCKETS, BUCKETS.batch_json(list(changes.buckets.values()))))
+            writes.append((q.SQL_BUCKETS, BUCKETS.batch_json(list(changes.buckets.values()))))
         if changes.sessions:
-            writes.append((_SQL_SESSIONS, SESSIONS.batch_json(list(changes.sessions.values()))))
+            writes.append((q.SQL_SESSIONS, SESSIONS.batch_json(list(changes.sessions.values()))))
         if changes.ended_sessions:
             ended = [[v, sid] for sid, v in changes.ended_sessions.items()]
-            writes.append((_SQL_END_SESSIONS, batch_json(ended)))
+            writes.append((q.SQL_END_SESSIONS, batch_json(ended)))
         if changes.answers or changes.balance_results:
             answers: list[tuple[int, str, str, dict[str, Any]]] = [
                 (v, key, "cc", answer_data(answer)) for key, (v, answer) in changes.answers.items()
@@ -405,7 +395,7 @@ class Store:
                 (v, key, "balance", balance_result_data(result))
                 for key, (v, result) in changes.balance_results.items()
             ]
-            writes.append((_SQL_ANSWERS, batch_json(answers)))
+            writes.append((q.SQL_ANSWERS, batch_json(answers)))
         if self._citus:
             async with self._tx("commit") as conn:
                 await self._check_epochs(conn, touched, epochs)
@@ -417,7 +407,7 @@ class Store:
         # fence is the first statement: if it fails, nothing after it runs.
         with _translate("commit"):
             async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-                await conn.execute(_SQL_FENCE, (touched, [epochs[v] for v in touched]))
+                await conn.execute(q.SQL_FENCE, (touched, [epochs[v] for v in touched]))
                 for sql, batch in writes:
                     await conn.execute(sql, (batch,))
 
@@ -535,7 +525,7 @@ class Store:
         """
         async with self._tx("audit") as conn:
             problems: list[str] = []
-            for sql, fmt in _AUDIT_QUERIES:
+            for sql, fmt in q.AUDIT_QUERIES:
                 cur = await conn.execute(sql)
                 problems += [fmt.format(*row) for row in await cur.fetchall()]
             return problems
@@ -565,75 +555,3 @@ def _touched_vshards(changes: Changes) -> list[int]:
     vs.update(v for v, _ in changes.answers.values())
     vs.update(v for v, _ in changes.balance_results.values())
     return sorted(vs)
-
-
-_SQL_LOAD_SUBSCRIBERS = SUBSCRIBERS.select_sql().encode()
-_SQL_LOAD_ACCOUNTS = ACCOUNTS.select_sql().encode()
-_SQL_LOAD_SESSIONS = SESSIONS.select_sql().encode()
-_SQL_LOAD_BUCKETS = (
-    BUCKETS.select_sql()
-    + " AND NOT (expires_at IS NOT NULL AND expires_at <= COALESCE(%s::timestamptz, now()) AND units = 0 AND reserved_units = 0)"
-    ' ORDER BY vshard, account_id, priority, expires_at NULLS LAST, bucket_id COLLATE "C"'
-).encode()
-_SQL_LOAD_ANSWERS = (
-    b"SELECT idempotency_key, kind, answer, committed_at FROM answers"
-    b" WHERE vshard = ANY(%s) AND committed_at >= now() - %s"
-    b" ORDER BY committed_at, idempotency_key"
-)
-_SQL_JOURNAL = JOURNAL.insert_sql(upsert=False).encode()
-_SQL_SUBSCRIBERS = SUBSCRIBERS.insert_sql(upsert=True).encode()
-_SQL_ACCOUNTS = ACCOUNTS.insert_sql(upsert=True).encode()
-_SQL_BUCKETS = BUCKETS.insert_sql(upsert=True).encode()
-_SQL_SESSIONS = SESSIONS.insert_sql(upsert=True).encode()
-_SQL_END_SESSIONS = (
-    b"DELETE FROM sessions s USING jsonb_array_elements(%s::jsonb) AS d"
-    b" WHERE s.vshard = (d->>0)::integer AND s.session_id = d->>1"
-)
-_SQL_ANSWERS = (
-    b"INSERT INTO answers (vshard, idempotency_key, kind, answer)"
-    b" SELECT (r->>0)::integer, r->>1, r->>2, (r->3)::text FROM jsonb_array_elements(%s::jsonb) AS r"
-)
-
-_AUDIT_QUERIES: list[tuple[str, str]] = [
-    (
-        "SELECT a.vshard, a.account_id, a.balance_micros, COALESCE(j.total, 0)"
-        " FROM accounts a LEFT JOIN (SELECT vshard, account_id, sum(amount_micros) AS total"
-        "  FROM journal GROUP BY vshard, account_id) j"
-        "  ON j.vshard = a.vshard AND j.account_id = a.account_id"
-        " WHERE a.balance_micros <> COALESCE(j.total, 0) ORDER BY 1, 2",
-        "vshard {0} account {1}: balance {2} but the journal sums to {3}",
-    ),
-    (
-        "SELECT b.vshard, b.bucket_id, b.units, COALESCE(j.total, 0)"
-        " FROM buckets b LEFT JOIN (SELECT vshard, bucket_id, sum(units) AS total"
-        "  FROM journal WHERE bucket_id IS NOT NULL GROUP BY vshard, bucket_id) j"
-        "  ON j.vshard = b.vshard AND j.bucket_id = b.bucket_id"
-        " WHERE b.units <> COALESCE(j.total, 0) ORDER BY 1, 2",
-        "vshard {0} bucket {1}: {2} units but the journal sums to {3}",
-    ),
-    (
-        "SELECT a.vshard, a.account_id, a.reserved_micros, COALESCE(r.total, 0)"
-        " FROM accounts a LEFT JOIN (SELECT s.vshard, s.account_id,"
-        "  sum(COALESCE((x.value->>'money_micros')::bigint, 0)) AS total"
-        "  FROM sessions s, jsonb_each(s.reservations) x GROUP BY s.vshard, s.account_id) r"
-        "  ON r.vshard = a.vshard AND r.account_id = a.account_id"
-        " WHERE a.reserved_micros <> COALESCE(r.total, 0) OR a.reserved_micros < 0"
-        " ORDER BY 1, 2",
-        "vshard {0} account {1}: reserved {2} but open reservations hold {3}",
-    ),
-    (
-        "SELECT b.vshard, b.bucket_id, b.reserved_units, COALESCE(r.total, 0)"
-        " FROM buckets b LEFT JOIN (SELECT s.vshard, u.key AS bucket_id,"
-        "  sum(u.value::bigint) AS total FROM sessions s, jsonb_each(s.reservations) x,"
-        "  jsonb_each_text(COALESCE(x.value->'bucket_units', '{}')) u"
-        "  GROUP BY s.vshard, u.key) r ON r.vshard = b.vshard AND r.bucket_id = b.bucket_id"
-        " WHERE b.reserved_units <> COALESCE(r.total, 0) OR b.reserved_units < 0 ORDER BY 1, 2",
-        "vshard {0} bucket {1}: {2} units reserved but open reservations hold {3}",
-    ),
-    (
-        "SELECT j.vshard, j.idempotency_key, j.line, j.account_id FROM journal j"
-        " WHERE NOT EXISTS (SELECT 1 FROM accounts a"
-        "  WHERE a.vshard = j.vshard AND a.account_id = j.account_id) ORDER BY 1, 2, 3",
-        "vshard {0} journal {1}#{2}: account {3} does not exist on that vshard",
-    ),
-]

@@ -7,7 +7,8 @@ import asyncio
 import psycopg
 import pytest
 
-from sharding.store import Store, _migrations
+from sharding._sql import migrations as _migrations
+from sharding.store import Store
 
 pytestmark = pytest.mark.integration
 
