@@ -1,11 +1,13 @@
 """A stateful test: random sessions, top-ups, retransmissions, out-of-order updates and orphan
 timeouts against a simple reference model of the expected balances, checked after every step.
 
-The model is a separate, deliberately naive implementation for prepaid and postpaid accounts on
-the ``payg`` plan (no bundles, overuse capped): a grant holds the worst-case price of what the
-account can afford; a report releases the rating group's hold, then charges the price of the
-usage (from the grant's start) up to what is free; a silent session is dropped after
-``2 x 3600 s``; a repeated request changes nothing.
+The model is a separate, deliberately naive implementation for three accounts: prepaid and
+postpaid on ``payg`` (no bundles, overuse capped), and postpaid on a ``postpaid-monthly`` with
+small bundles (overuse charged). A grant holds free bucket units, then the worst-case price of
+what the money can afford; a report releases the rating group's hold, takes free bucket units,
+then charges the price of the rest (from the grant's start), capped at the free money where the
+plan says so; a silent session is dropped after ``2 x 3600 s``; a repeated request changes
+nothing.
 """
 
 from __future__ import annotations
@@ -38,22 +40,54 @@ from billing.protocol import (
 )
 from billing.rating import UsageEvent, affordable_units, rate, reservation_price
 from billing.scenario import Scenario, entry
-from billing.tariff import builtin_catalog
+from billing.tariff import Plan, builtin_catalog, load_plan, template_text
 
-CATALOG = builtin_catalog()
-PLAN = CATALOG.get("payg")
+PM_SMALL = (
+    template_text("postpaid-monthly")
+    .replace("plan_id: postpaid-monthly", "plan_id: pm-small")
+    .replace("units: 30000,", "units: 600,")
+    .replace("units: 500,", "units: 5,")
+    .replace("units: 21474836480,", "units: 2000000,")
+)
+CATALOG = builtin_catalog().with_plan(load_plan(PM_SMALL, source="pm-small"))
 START = datetime(2026, 3, 6, 18, 52, tzinfo=UTC)  # Friday: peak ends at 20:00 Paris (19:00 UTC)
 DESTINATION = "33140000000"
-ORPHAN_AFTER = timedelta(seconds=2 * 3600)
+ORPHAN_AFTER = timedelta(seconds=2 * 3600)  # both plans: factor 2 x 3600 s
 SERVICES = {100: ServiceKind.VOICE, 200: ServiceKind.SMS, 10: ServiceKind.DATA}
-DEFAULT_QUOTA = {100: 300, 200: 1, 10: 10_485_760}  # payg's services
-SUBSCRIBERS = {"pre": (PaymentMode.PREPAID, 0), "post": (PaymentMode.POSTPAID, 2_000_000)}
+# name -> (plan, payment mode, opening balance, credit limit, capped, default quotas by rg)
+SUBSCRIBERS = {
+    "pre": ("payg", PaymentMode.PREPAID, 500_000, 0, True, {100: 300, 200: 1, 10: 10_485_760}),
+    "post": (
+        "payg",
+        PaymentMode.POSTPAID,
+        500_000,
+        2_000_000,
+        True,
+        {100: 300, 200: 1, 10: 10_485_760},
+    ),
+    "bun": (
+        "pm-small",
+        PaymentMode.POSTPAID,
+        0,
+        2_000_000,
+        False,
+        {100: 600, 200: 1, 10: 52_428_800},
+    ),
+}
+BUNDLES = {"bun": {ServiceKind.VOICE: 600, ServiceKind.SMS: 5, ServiceKind.DATA: 2_000_000}}
+
+
+@dataclass
+class Hold:
+    money: int
+    units: int  # bucket units
+    start: datetime
 
 
 @dataclass
 class ModelSession:
     subscriber: str
-    holds: dict[int, tuple[int, datetime]] = field(default_factory=dict)  # rg -> (hold, start)
+    holds: dict[int, Hold] = field(default_factory=dict)  # by rating group
     deadline: datetime = START
     next_number: int = 1
     skipped: list[int] = field(default_factory=list)
@@ -61,8 +95,12 @@ class ModelSession:
 
 @dataclass
 class ModelAccount:
+    plan: Plan
     balance: int
     floor: int
+    capped: bool
+    quotas: dict[int, int]
+    buckets: dict[ServiceKind, list[int]]  # service -> [units, reserved]
     holds: int = 0
 
     def free(self) -> int:
@@ -80,9 +118,14 @@ class ChargingMachine(RuleBasedStateMachine):
         super().__init__()
         self.sc = Scenario(catalog=CATALOG, now=START, destination=DESTINATION)
         self.accounts: dict[str, ModelAccount] = {}
-        for name, (mode, limit) in SUBSCRIBERS.items():
-            self.sc.subscriber(name, "payg", balance=500_000, credit_limit=limit, payment_mode=mode)
-            self.accounts[name] = ModelAccount(balance=500_000, floor=-limit)
+        for name, (plan_id, mode, balance, limit, capped, quotas) in SUBSCRIBERS.items():
+            self.sc.subscriber(
+                name, plan_id, balance=balance, credit_limit=limit, payment_mode=mode
+            )
+            buckets = {k: [v, 0] for k, v in BUNDLES.get(name, {}).items()}
+            self.accounts[name] = ModelAccount(
+                CATALOG.get(plan_id), balance, -limit, capped, quotas, buckets
+            )
         self.model: dict[str, ModelSession] = {}
         self.sent: list[tuple[CreditControlRequest, CreditControlAnswer]] = []
         self.topups: dict[str, tuple[str, int]] = {}
@@ -90,20 +133,40 @@ class ChargingMachine(RuleBasedStateMachine):
 
     # --- the model ------------------------------------------------------------------------------
 
-    def _grant(self, account: ModelAccount, rg: int, wanted: int) -> tuple[int, int]:
-        wanted = wanted or DEFAULT_QUOTA[rg]
-        usage = UsageEvent(SERVICES[rg], wanted, self.sc.now, rg, DESTINATION)
-        units = affordable_units(usage, PLAN, account.free(), at=self.sc.now)
-        if not units:
-            return 0, 0
-        held = UsageEvent(SERVICES[rg], units, self.sc.now, rg, DESTINATION)
-        return units, reservation_price(held, PLAN, at=self.sc.now)
+    def _grant(self, account: ModelAccount, rg: int, wanted: int) -> tuple[int, Hold]:
+        """Bucket units first, then what the free money covers at the worst-case price."""
+        wanted = wanted or account.quotas[rg]
+        now = self.sc.now
+        bucket = account.buckets.get(SERVICES[rg])
+        units = min(wanted, bucket[0] - bucket[1]) if bucket else 0
+        left = wanted - units
+        usage = UsageEvent(SERVICES[rg], left, now, rg, DESTINATION)
+        paid = affordable_units(usage, account.plan, account.free(), at=now) if left else 0
+        money = 0
+        if paid:
+            held = UsageEvent(SERVICES[rg], paid, now, rg, DESTINATION)
+            money = reservation_price(held, account.plan, at=now)
+        return units + paid, Hold(money, units, now)
 
     def _charge(self, account: ModelAccount, rg: int, used: int, start: datetime) -> int:
-        cost = rate(UsageEvent(SERVICES[rg], used, start, rg, DESTINATION), PLAN, at=start)
-        charged = min(cost.cost_micros, account.free())
+        """Free bucket units first, then the price of the rest (capped: up to the free money)."""
+        bucket = account.buckets.get(SERVICES[rg])
+        if bucket:
+            take = min(used, bucket[0] - bucket[1])
+            bucket[0] -= take
+            used -= take
+        if not used:
+            return 0
+        usage = UsageEvent(SERVICES[rg], used, start, rg, DESTINATION)
+        cost = rate(usage, account.plan, at=start).cost_micros
+        charged = min(cost, account.free()) if account.capped else cost
         account.balance -= charged
         return charged
+
+    def _release(self, account: ModelAccount, rg: int, hold: Hold) -> None:
+        account.holds -= hold.money
+        if hold.units:
+            account.buckets[SERVICES[rg]][1] -= hold.units
 
     def _expire(self) -> None:
         for sid, session in list(self.model.items()):
@@ -113,7 +176,8 @@ class ChargingMachine(RuleBasedStateMachine):
     def _drop(self, sid: str) -> None:
         session = self.model.pop(sid)
         account = self.accounts[session.subscriber]
-        account.holds -= sum(hold for hold, _ in session.holds.values())
+        for rg, hold in session.holds.items():
+            self._release(account, rg, hold)
 
     def _report(
         self, sid: str, rg: int, used: int | None, wanted: int | None
@@ -123,17 +187,19 @@ class ChargingMachine(RuleBasedStateMachine):
         account = self.accounts[session.subscriber]
         old = session.holds.pop(rg, None) if used is not None or wanted is not None else None
         if old is not None:
-            account.holds -= old[0]
+            self._release(account, rg, old)
         charged = 0
         if used:
-            start = old[1] if old is not None else self.sc.now
+            start = old.start if old is not None else self.sc.now
             charged = self._charge(account, rg, used, start)
         granted = 0
         if wanted is not None:
             granted, hold = self._grant(account, rg, wanted)
             if granted:
-                account.holds += hold
-                session.holds[rg] = (hold, self.sc.now)
+                account.holds += hold.money
+                if hold.units:
+                    account.buckets[SERVICES[rg]][1] += hold.units
+                session.holds[rg] = hold
         return charged, granted, False
 
     # --- rules ----------------------------------------------------------------------------------
@@ -268,8 +334,16 @@ class ChargingMachine(RuleBasedStateMachine):
             account = self.sc.state.accounts[name]
             assert account.balance_micros == expected.balance, name
             assert account.reserved_micros == expected.holds, name
-            assert account.balance_micros >= expected.floor
-            assert account.reserved_micros <= account.balance_micros - expected.floor
+            assert account.reserved_micros >= 0
+            if expected.capped:  # overuse charged to a postpaid account may pass its limit
+                assert account.balance_micros >= expected.floor
+                assert account.reserved_micros <= account.balance_micros - expected.floor
+
+    @invariant()
+    def buckets_match_the_model(self) -> None:
+        for bucket in self.sc.state.buckets.values():
+            units, reserved = self.accounts[bucket.account_id].buckets[bucket.service]
+            assert (bucket.units, bucket.reserved_units) == (units, reserved), bucket.bundle_id
 
     @invariant()
     def sessions_match_the_model(self) -> None:
