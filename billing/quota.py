@@ -13,8 +13,9 @@ Invariants kept (asserted):
 - with a capped policy (every prepaid account, or a service whose overuse is ``cap``) a charge
   never takes the balance below its floor: what cannot be covered is reported, not charged.
 
-Consumption order: ``bundles`` (when listed) is always used before money; money is one pool whose
-floor is 0, or ``-credit_limit`` when credit may be used (see :func:`billing.accounts.money_floor`).
+Consumption order: ``bundles`` (when listed) are used before money (a plan stating otherwise is
+refused, :func:`order_problem`); money is one pool whose floor is 0, or ``-credit_limit`` when
+credit may be used (see :func:`billing.accounts.money_floor`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ _ONE_SECOND = timedelta(seconds=1)
 # id(plan version) -> (that version, the services it prices with volume tiers)
 _TIERED: dict[int, tuple[PlanVersion, frozenset[ServiceKind]]] = {}
 _SWITCH_HORIZON = timedelta(hours=6)
-# (plan id, service) -> (from, horizon, first switch in (from, horizon) or None): one answer of
+# (plan id, service) -> (plan, s0, horizon, first switch in (s0, horizon) or None): one answer of
 # rating.next_tariff_switch over a long window, reused while it still decides a shorter one.
+# Memos are bounded (cleared when large) and hold immutable tariff values only.
 _SWITCHES: dict[tuple[str, ServiceKind], tuple[Plan, datetime, datetime, datetime | None]] = {}
 # (plan id, service, s0, rating group, destination, visited network, units) -> (plan, price)
 _PRICES: dict[tuple[object, ...], tuple[Plan, int]] = {}
@@ -233,7 +235,9 @@ def release(state: ShardState, account: Account, reservation: Reservation) -> No
         reservation.money_micros = 0
     if reservation.bucket_units:
         for bucket_id, units in reservation.bucket_units.items():
-            bucket = state.buckets[bucket_id]
+            bucket = state.buckets.get(bucket_id)
+            if bucket is None:
+                continue  # not held in memory (swept or not loaded): nothing to give back
             bucket.reserved_units -= units
             assert bucket.reserved_units >= 0, "released more units than were held"
             pending.buckets[bucket_id] = bucket
