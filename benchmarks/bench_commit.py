@@ -11,7 +11,7 @@ transaction per request: ``SELECT balance FOR UPDATE``, ``UPDATE`` it, ``INSERT`
 ``COMMIT``.
 
 Recovery: ``take_over`` + ``load`` of one vshard holding 100,000 subscribers and their 100,000
-accounts (and 100,000 buckets), into an empty ``ShardState``.
+accounts, into an empty ``ShardState``; and again with one bucket per subscriber.
 
 Durability is on throughout (fsync on, synchronous_commit on). Figures are medians of
 ``--rounds`` timed rounds of ``--seconds`` each.
@@ -46,7 +46,7 @@ from sharding.store import Store
 
 ACCOUNTS_PER_OWNER = 2_000
 VSHARDS_PER_OWNER = 8
-RECOVERY_VSHARD = 100_000
+RECOVERY_VSHARDS = {False: 100_000, True: 100_001}  # without / with one bucket per subscriber
 console = Console()
 
 
@@ -153,9 +153,10 @@ def setup_accounts(dsn: str, owners: int) -> None:
     asyncio.run(run())
 
 
-def setup_recovery_vshard(dsn: str, subscribers: int) -> None:
-    """One vshard with ``subscribers`` subscribers, accounts and buckets, via COPY."""
-    v = RECOVERY_VSHARD
+def setup_recovery_vshard(dsn: str, subscribers: int, with_buckets: bool) -> None:
+    """One vshard with ``subscribers`` subscribers and their accounts (and one bucket each if
+    ``with_buckets``), written with COPY (VACUUM ANALYZE after, as autovacuum would)."""
+    v = RECOVERY_VSHARDS[with_buckets]
     t0 = sample.T0
     chunk = 10_000
     with psycopg.connect(dsn) as conn, Progress(console=console, transient=True) as progress:
@@ -179,6 +180,10 @@ def setup_recovery_vshard(dsn: str, subscribers: int) -> None:
                     copy.write_row(
                         (v, f"acc-{i:07d}", "prepaid", "EUR", "payg", 5_000_000, 0, 0, t0, "{}")
                     )
+            if not with_buckets:
+                conn.commit()
+                progress.advance(task, len(ids))
+                continue
             with conn.cursor().copy(
                 "COPY buckets (vshard, bucket_id, account_id, bundle_id, service,"
                 " destination_groups, rating_groups, units, reserved_units, priority,"
@@ -191,15 +196,17 @@ def setup_recovery_vshard(dsn: str, subscribers: int) -> None:
                     )  # fmt: skip
             conn.commit()
             progress.advance(task, len(ids))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE subscribers, accounts, buckets")
 
 
-def time_recovery(dsn: str, rounds: int) -> tuple[float, float, int]:
+def time_recovery(dsn: str, vshard: int, rounds: int) -> tuple[float, float, int]:
     async def once() -> tuple[float, float, int]:
         async with Store(dsn) as store:
             start, cpu = time.perf_counter(), time.process_time()
-            await store.take_over([RECOVERY_VSHARD], "recovering-owner")
+            await store.take_over([vshard], "recovering-owner")
             state = ShardState()
-            await store.load([RECOVERY_VSHARD], state, now=sample.T0)
+            await store.load([vshard], state, now=sample.T0)
             elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
             return elapsed, cpu, len(state.subscribers) + len(state.accounts) + len(state.buckets)
 
@@ -282,15 +289,18 @@ def main() -> None:
                 )
         console.print(table)
 
-        setup_recovery_vshard(dsn, args.subscribers)
-        with console.status("timing recovery"):
-            seconds, cpu, rows = time_recovery(dsn, args.rounds)
-        console.print(
-            f"Recovery of one vshard with {args.subscribers:,} subscribers "
-            f"({rows:,} rows: subscribers + accounts + buckets): take_over + load "
-            f"median {seconds * 1000:,.0f} ms wall, {cpu * 1000:,.0f} ms CPU of the loading "
-            f"process, over {args.rounds} runs ({rows / seconds:,.0f} rows/s)"
-        )
+        for with_buckets in (False, True):
+            setup_recovery_vshard(dsn, args.subscribers, with_buckets)
+            with console.status("timing recovery"):
+                vshard = RECOVERY_VSHARDS[with_buckets]
+                seconds, cpu, rows = time_recovery(dsn, vshard, args.rounds)
+            what = "subscribers + accounts + buckets" if with_buckets else "subscribers + accounts"
+            console.print(
+                f"Recovery of one vshard with {args.subscribers:,} subscribers "
+                f"({rows:,} rows: {what}): take_over + load median {seconds * 1000:,.0f} ms "
+                f"wall, {cpu * 1000:,.0f} ms CPU of the loading process, over {args.rounds} "
+                f"runs ({rows / seconds:,.0f} rows/s)"
+            )
         load = os.getloadavg()
         console.print(f"Machine load average during the run: {load[0]:.1f} (1 min), 2 cores")
     finally:

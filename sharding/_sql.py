@@ -18,7 +18,6 @@ SQL_LOAD_SESSIONS = SESSIONS.select_sql().encode()
 SQL_LOAD_BUCKETS = (
     BUCKETS.select_sql()
     + " AND NOT (expires_at IS NOT NULL AND expires_at <= COALESCE(%s::timestamptz, now()) AND units = 0 AND reserved_units = 0)"
-    ' ORDER BY vshard, account_id, priority, expires_at NULLS LAST, bucket_id COLLATE "C"'
 ).encode()
 SQL_LOAD_ANSWERS = (
     b"SELECT idempotency_key, kind, answer, committed_at FROM answers"

@@ -27,7 +27,7 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
 
-from billing.state import Changes, ShardState
+from billing.state import Bucket, Changes, ShardState
 from sharding import _sql as q
 from sharding._rows import (
     ACCOUNTS,
@@ -334,13 +334,20 @@ class Store:
             state.accounts = {a.account_id: a for a in map(from_row, await accounts.fetchall())}
             by_account = state.buckets_by_account
             all_buckets = state.buckets
+            several: list[list[str]] = []
             for b in map(BUCKETS.from_row, await buckets.fetchall()):
                 all_buckets[b.bucket_id] = b
                 ids = by_account.get(b.account_id)
                 if ids is None:
                     by_account[b.account_id] = [b.bucket_id]
                 else:
+                    if len(ids) == 1:
+                        several.append(ids)
                     ids.append(b.bucket_id)
+            # Consumption order, as billing.accounts.index_bucket keeps it; sorted here rather
+            # than by the server (a 100k-row ORDER BY spilled to disk and tripled the load).
+            for ids in several:
+                ids.sort(key=lambda i: _consumption_key(all_buckets[i]))
             from_row = SESSIONS.from_row
             state.sessions = {s.session_id: s for s in map(from_row, await sessions.fetchall())}
             for key, kind, text, committed_at in await answers.fetchall():
@@ -529,6 +536,12 @@ class Store:
                 cur = await conn.execute(sql)
                 problems += [fmt.format(*row) for row in await cur.fetchall()]
             return problems
+
+
+def _consumption_key(bucket: Bucket) -> tuple[int, bool, datetime | None, str]:
+    """Lowest priority first, then earliest expiry (none last), then id."""
+    expiry = bucket.expires_at
+    return (bucket.priority, expiry is None, expiry, bucket.bucket_id)
 
 
 def _row_count(changes: Changes) -> int:
