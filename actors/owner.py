@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import logging
 import os
 import time
@@ -94,13 +96,21 @@ class OwnerConfig:
     forward_timeout_s: float = 10.0  # a forwarded shared-account request's bound
     sweep_interval_s: float = 1.0  # orphan sweep period
     answer_retention_s: float = 600.0  # remembered answers older than this are pruned
+    provision_batch: int = 512  # subscribers per commit in provision_bulk (small: less heap churn)
     load_chunk_vshards: int = 8  # vshards loaded per read: bounds the load's memory peak
     pool_max: int = 2  # PostgreSQL connections of this owner
     manager_name: str = MANAGER_NAME
     namespace: str = NAMESPACE
 
     def __post_init__(self) -> None:
-        for name in ("batch_max", "queue_max", "submit_max", "pool_max", "load_chunk_vshards"):
+        for name in (
+            "batch_max",
+            "queue_max",
+            "submit_max",
+            "pool_max",
+            "load_chunk_vshards",
+            "provision_batch",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("ready_wait_s", "forward_timeout_s", "sweep_interval_s", "answer_retention_s"):
@@ -123,6 +133,21 @@ class _Job:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _rss_bytes() -> int:
+    """This process's resident set size (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _malloc_trim() -> None:
+    """Give glibc's free heap memory back to the OS (a no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class ShardOwner:
@@ -240,16 +265,18 @@ class ShardOwner:
         return await self._enqueue(list(items))
 
     async def provision_bulk(self, requests: Sequence[ProvisionRequest]) -> ProvisionSummary:
-        """Provision many subscribers, ``batch_max`` per commit (for the demo and load tests).
+        """Provision many subscribers, ``provision_batch`` per commit (for the demo and load tests).
 
         Each request must route to this owner (else it is listed in ``not_owner``).
         """
         created = 0
         rejected: list[tuple[str, Rejected]] = []
         not_owner: list[str] = []
-        step = max(1, min(self._config.batch_max, self._config.submit_max))
+        step = max(1, min(self._config.provision_batch, self._config.submit_max))
         chunks = [list(requests[i : i + step]) for i in range(0, len(requests), step)]
-        results = await asyncio.gather(*(self.submit(chunk) for chunk in chunks))
+        # One chunk at a time: concurrent chunks would merge into one big group commit, and big
+        # steps leave the heap fragmented around the packed records (measured: +30 % RSS).
+        results = [await self.submit(chunk) for chunk in chunks]
         for chunk, replies in zip(chunks, results, strict=True):
             for request, reply in zip(chunk, replies, strict=True):
                 if isinstance(reply, Answered):
@@ -283,6 +310,13 @@ class ShardOwner:
         """Re-read the plan catalog (built-in templates + plans saved in the database)."""
         self._catalog = await self._load_catalog()
         return len(self._catalog.plans())
+
+    async def trim_memory(self) -> tuple[int, int]:
+        """Return freed heap pages to the OS (gc + glibc ``malloc_trim``); (RSS before, after)."""
+        before = _rss_bytes()
+        gc.collect()
+        _malloc_trim()
+        return before, _rss_bytes()
 
     async def shutdown(self) -> None:
         """Stop serving and close the database pool (the actor is killed afterwards)."""

@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1_000_000)
     parser.add_argument("--owners", type=int, default=2)
     parser.add_argument("--vshards", type=int, default=1024)
-    parser.add_argument("--chunk", type=int, default=50_000)
+    parser.add_argument("--chunk", type=int, default=5_000)
     parser.add_argument("--mix", action="store_true", help="the demo's plan mix (with bundles)")
     args = parser.parse_args()
 
@@ -113,6 +113,8 @@ def main() -> None:
         handles = start_cluster(dsn, owners=args.owners, vshard_count=args.vshards)
         empty, _ = _owner_rss(handles)
         seconds = asyncio.run(_provision(handles, args.subscribers, args.chunk, args.mix))
+        _untrimmed, _ = _owner_rss(handles)
+        ray.get([h.trim_memory.remote() for h in handles.owners.values()])
         full, per = _owner_rss(handles)
         n = args.subscribers
         plans = "demo mix (50% payg, 30% postpaid-monthly, 20% hybrid)" if args.mix else "payg"
@@ -133,7 +135,10 @@ def main() -> None:
             os.kill(status.pid, signal.SIGKILL)
             takeovers.append(_wait_ready(handles, status.name, status.pid))
             loads.append(ray.get(handles.owner(status.name).status.remote()).load_seconds)
+        reloaded_untrimmed, _ = _owner_rss(handles)
+        ray.get([h.trim_memory.remote() for h in handles.owners.values()])
         reloaded, _ = _owner_rss(handles)
+        print(f"(after reload, before malloc_trim: {reloaded_untrimmed / n:.0f} bytes/subscriber)")
         print(
             f"takeover after SIGKILL (until serving again): median {statistics.median(takeovers):.2f} s "
             f"(max {max(takeovers):.2f} s); of which epoch bump + load: median "
