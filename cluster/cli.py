@@ -225,8 +225,28 @@ def print_report(report: object) -> None:
     console.print(histogram)
 
 
+async def _create_over_grpc(target: str, count: int, prefix: str) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from cluster.loadgen import create_subscribers
+
+    with Progress(
+        TextColumn("[bold]creating subscribers[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("create", total=count)
+        created, existing = await create_subscribers(
+            target, count, prefix, progress=lambda done: progress.update(task, completed=done)
+        )
+    console.print(f"created {created:,} subscribers ({existing:,} already existed)")
+
+
 def cmd_load(args: argparse.Namespace) -> int:
     config = _load_config(args, args.target)
+    if args.create_subscribers:
+        asyncio.run(_create_over_grpc(args.target, args.subscribers, args.prefix))
     report = asyncio.run(_drive(config))
     print_report(report)
     return 0
@@ -564,6 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     load = commands.add_parser("load", help="load generator against a front door")
     load.add_argument("--target", default=f"127.0.0.1:{DEFAULT_PORT}", help="host:port")
+    load.add_argument(
+        "--create-subscribers",
+        action="store_true",
+        help="first create the --subscribers ids over gRPC (existing ones are kept)",
+    )
     _load_options(load, duration=10.0, subscribers=100_000)
     load.set_defaults(run=cmd_load)
 

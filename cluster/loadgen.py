@@ -466,3 +466,50 @@ async def run_load(
         latencies=recorder,
         sessions_started=workload.sessions_started,
     )
+
+
+async def create_subscribers(
+    target: str,
+    count: int,
+    prefix: str = SUBSCRIBER_PREFIX,
+    *,
+    concurrency: int = 32,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, int]:
+    """Create the load's subscribers over gRPC (Accounts.CreateSubscriber): half ``payg`` with
+    20.00 prepaid, half ``postpaid-monthly`` with a 200.00 credit limit. Existing ids are left as
+    they are. Returns (created, already existing)."""
+    created = existing = 0
+    indexes = iter(range(count))
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout=10)
+        except TimeoutError:
+            raise ConnectionError(f"no gRPC server answers at {target}") from None
+        stub = pb_grpc.AccountsStub(channel)
+
+        async def worker() -> None:
+            nonlocal created, existing
+            for index in indexes:
+                prepaid = index % 2 == 0
+                request = pb.CreateSubscriberRequest(
+                    subscriber_id=subscriber_id(index, prefix),
+                    plan_id="payg" if prepaid else "postpaid-monthly",
+                    initial_balance_micros=20_000_000 if prepaid else 0,
+                    credit_limit_micros=0 if prepaid else 200_000_000,
+                )
+                try:
+                    await stub.CreateSubscriber(request, timeout=30)
+                    created += 1
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.ALREADY_EXISTS:
+                        raise ConnectionError(
+                            f"CreateSubscriber {request.subscriber_id}: {error.code().name}:"
+                            f" {error.details()}"
+                        ) from None
+                    existing += 1
+                if progress is not None:
+                    progress(created + existing)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return created, existing
