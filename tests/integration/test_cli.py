@@ -93,3 +93,71 @@ def test_db_status_of_an_unused_data_dir(tmp_path: Path) -> None:
     status = run("db", "status", "--data-dir", str(tmp_path / "pg"))
     assert status.returncode == 0, status.stderr
     assert "running" in status.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_serve_then_load_over_a_stream_then_stop_cleanly() -> None:
+    import shutil
+    import signal
+    import socket
+    import tempfile
+    import time
+
+    # Not pytest's tmp_path: the embedded server's unprivileged user must be able to enter it.
+    tmp_path = Path(tempfile.mkdtemp(prefix="billing-cli-serve-"))
+    tmp_path.chmod(0o755)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "COLUMNS": "120", "BILLING_HOME": str(tmp_path)}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        serve = subprocess.Popen(
+            [*BILLING, "serve", "--port", str(port), "--num-cpus", "2", "--object-store-mb", "100"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while "listening" not in log.read_text():
+            assert serve.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert (tmp_path / "ray-address").exists()
+        load = run(
+            "load",
+            "--target",
+            f"127.0.0.1:{port}",
+            "--create-subscribers",
+            "--subscribers",
+            "200",
+            "--transport",
+            "stream",
+            "--duration",
+            "2",
+            timeout=300,
+        )
+        output = load.stdout + load.stderr
+        assert load.returncode == 0, output
+        assert "created 200 subscribers" in output and "SUCCESS" in output
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(timeout=120)
+        text = log.read_text()
+        assert code == 0, text
+        assert "stopped" in text and "Traceback" not in text
+        assert not (tmp_path / "ray-address").exists()
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(timeout=30)
+        from sharding.pgserver import EmbeddedPostgres
+
+        if (tmp_path / "pg").exists():  # after a failure: never leave a server running
+            EmbeddedPostgres(tmp_path / "pg").stop()
+        shutil.rmtree(tmp_path, ignore_errors=True)
