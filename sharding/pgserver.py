@@ -20,6 +20,7 @@ import glob
 import importlib.util
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -37,6 +38,7 @@ __all__ = [
     "default_data_dir",
     "find_bindir",
     "resolve_dsn",
+    "server_major",
 ]
 
 DEFAULT_USER = "billing"
@@ -71,11 +73,24 @@ def _bindir_ok(path: Path) -> bool:
     )
 
 
-def find_bindir() -> Path:
+def server_major(bindir: Path) -> str | None:
+    """The major version of the server in ``bindir`` ("15"), from ``postgres --version``."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=10
+        )
+        found = re.search(r"\(PostgreSQL\)\s+(\d+)", out.stdout)
+        return found.group(1) if found else None
+    return None
+
+
+def find_bindir(major: str | None = None) -> Path:
     """Return the directory holding ``initdb``, ``postgres`` and ``pg_ctl``, or raise.
 
     Order: ``PATH``, ``pg_config --bindir``, ``/usr/lib/postgresql/<newest>/bin``,
     ``/usr/local/pgsql/bin``, then the ``pgserver`` wheel (optional extra ``embedded-pg``).
+    With ``major`` (the version of an existing data directory), only binaries of that major
+    version will do: a server cannot open another major version's files.
     """
     candidates: list[Path] = []
     initdb = shutil.which("initdb")
@@ -103,10 +118,21 @@ def find_bindir() -> Path:
     spec = importlib.util.find_spec("pgserver")
     if spec is not None and spec.origin is not None:
         candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
-    for path in candidates:
-        if _bindir_ok(path):
+    usable = [path for path in candidates if _bindir_ok(path)]
+    if not usable:
+        raise PgServerError(_INSTALL_HINT)
+    if major is None:
+        return usable[0]
+    found: dict[Path, str | None] = {}
+    for path in usable:
+        found[path] = server_major(path)
+        if found[path] == major:
             return path
-    raise PgServerError(_INSTALL_HINT)
+    versions = ", ".join(f"{p} ({v or '?'})" for p, v in found.items())
+    raise PgServerError(
+        f"the data directory was made by PostgreSQL {major}, but the server binaries found are "
+        f"of other versions: {versions}. Install PostgreSQL {major}, or use a new data directory"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +224,10 @@ class EmbeddedPostgres:
     @property
     def bindir(self) -> Path:
         if self._bindir is None:
-            self._bindir = find_bindir()
+            major: str | None = None
+            with contextlib.suppress(OSError):
+                major = (self.data_dir / "PG_VERSION").read_text().strip()
+            self._bindir = find_bindir(major)
         return self._bindir
 
     @property

@@ -211,3 +211,28 @@ def test_as_root_without_a_postgres_user_a_billing_user_is_created(
     assert run_as == pgserver._RunAs(990, 990, "billing")
     assert created and created[0][0] == "/usr/sbin/useradd" and created[0][-1] == "billing"
     assert "--system" in created[0]
+
+
+def test_binaries_must_match_an_existing_data_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A data directory of PostgreSQL N needs the binaries of N: others are skipped, and when
+    none matches the error names the versions found."""
+    dirs = {}
+    for major in ("14", "15"):
+        d = tmp_path / major / "bin"
+        d.mkdir(parents=True)
+        for name in ("initdb", "postgres", "pg_ctl"):
+            (d / name).write_text("")
+        dirs[major] = d
+    monkeypatch.setattr(pgserver.shutil, "which", lambda name: None)
+    monkeypatch.setattr(pgserver.glob, "glob", lambda pattern: [str(p) for p in dirs.values()])
+    monkeypatch.setattr(pgserver.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(pgserver, "server_major", lambda path: path.parent.name)
+    assert pgserver.find_bindir() == dirs["15"]  # newest first
+    assert pgserver.find_bindir("14") == dirs["14"]
+    with pytest.raises(
+        PgServerError,
+        match=r"made by PostgreSQL 16.*\(14\).*\(15\)|made by PostgreSQL 16.*\(15\).*\(14\)",
+    ):
+        pgserver.find_bindir("16")
