@@ -45,6 +45,12 @@ _SWITCH_HORIZON = timedelta(hours=6)
 _SWITCHES: dict[tuple[str, ServiceKind], tuple[Plan, datetime, datetime, datetime | None]] = {}
 # (plan id, service, s0, rating group, destination, visited network, units) -> (plan, price)
 _PRICES: dict[tuple[object, ...], tuple[Plan, int]] = {}
+# consumption order -> order_problem's answer (a pure function of the tuple)
+_ORDER_PROBLEMS: dict[tuple[str, ...], str | None] = {}
+# validity seconds -> timedelta, and (service, year, month) -> tier counter key: small immutable
+# values rebuilt per request otherwise.
+_SPANS: dict[int, timedelta] = {}
+_COUNTER_KEYS: dict[tuple[ServiceKind, int, int], str] = {}
 
 
 @dataclass(slots=True)
@@ -95,6 +101,18 @@ def order_problem(order: tuple[str, ...]) -> str | None:
     use bundles, when listed, before money; a plan spending money before its bundles is refused
     with this message rather than charged in a different order than it states.
     """
+    try:
+        return _ORDER_PROBLEMS[order]
+    except KeyError:
+        pass
+    problem = _order_problem(order)
+    if len(_ORDER_PROBLEMS) > 256:
+        _ORDER_PROBLEMS.clear()
+    _ORDER_PROBLEMS[order] = problem
+    return problem
+
+
+def _order_problem(order: tuple[str, ...]) -> str | None:
     if "bundles" in order:
         first_money = min(
             (order.index(m) for m in ("prepaid", "credit") if m in order), default=None
@@ -220,7 +238,7 @@ def reserve(
         granted_units=wanted - left,
         money_micros=money,
         bucket_units=held,
-        expires_at=now + timedelta(seconds=validity),
+        expires_at=now + _span(validity),
         granted_at=now,
     )
 
@@ -242,6 +260,30 @@ def release(state: ShardState, account: Account, reservation: Reservation) -> No
             assert bucket.reserved_units >= 0, "released more units than were held"
             pending.buckets[bucket_id] = bucket
         reservation.bucket_units = {}
+
+
+def _span(seconds: int) -> timedelta:
+    """``timedelta(seconds=seconds)``, shared for the few validity times plans use."""
+    span = _SPANS.get(seconds)
+    if span is None:
+        span = timedelta(seconds=seconds)
+        if len(_SPANS) > 4096:
+            _SPANS.clear()
+        _SPANS[seconds] = span
+    return span
+
+
+def _counter_key(service: ServiceKind, at: datetime) -> str:
+    """``"<service>:<YYYY-MM>"`` of the calendar month (UTC) of ``at``."""
+    utc = at if at.tzinfo is UTC else at.astimezone(UTC)
+    memo = (service, utc.year, utc.month)
+    key = _COUNTER_KEYS.get(memo)
+    if key is None:
+        key = f"{service.value}:{utc:%Y-%m}"
+        if len(_COUNTER_KEYS) > 4096:
+            _COUNTER_KEYS.clear()
+        _COUNTER_KEYS[memo] = key
+    return key
 
 
 @dataclass(slots=True)
@@ -270,7 +312,7 @@ def price_usage(
     counter_key = ""
     counter = 0
     if tiered and parts:
-        counter_key = f"{service.value}:{parts[0][1].astimezone(UTC):%Y-%m}"
+        counter_key = _counter_key(service, parts[0][1])
         counter = account.usage_counters.get(counter_key, 0)
     takes: list[tuple[Bucket, int]] = []
     taken: dict[str, int] = {}
@@ -342,9 +384,10 @@ def apply_usage(
         assert account.balance_micros >= funds.floor, "a prepaid balance went below its floor"
     if priced.counter_after >= 0 and priced.money_units:
         counters = account.usage_counters
-        prefix = terms.service.value + ":"
-        for stale in [k for k in counters if k.startswith(prefix) and k != priced.counter_key]:
-            del counters[stale]  # a new month: the cycle's tiers start again
+        if len(counters) > 1 or priced.counter_key not in counters:
+            prefix = terms.service.value + ":"
+            for stale in [k for k in counters if k.startswith(prefix) and k != priced.counter_key]:
+                del counters[stale]  # a new month: the cycle's tiers start again
         counters[priced.counter_key] = priced.counter_after
     return charged, cost - charged
 

@@ -36,7 +36,11 @@ from billing.rating import RatingError
 from billing.state import Account, Session, ShardState
 from billing.tariff import PlanVersion, ServiceTerms
 
-_MAX_VALIDITY: dict[tuple[str, int], int] = {}  # (plan, version) -> longest validity time in s
+# (plan, version) -> (the plan version, its orphan span): the span from its longest validity time
+_ORPHAN_SPANS: dict[tuple[str, int], tuple[PlanVersion, timedelta]] = {}
+# (unit kind, amount) -> Units: granted amounts repeat (the default or asked quota), and a Units is
+# an immutable value, so equal grants share one instance (less to build, less for the cyclic GC).
+_GRANTED_UNITS: dict[tuple[str, int], Units] = {}
 _UNIT_MAKERS = {
     "time_s": lambda n: Units(time_s=n),
     "total_octets": lambda n: Units(total_octets=n),
@@ -57,7 +61,14 @@ def units_of(units: Units, unit: str) -> int:
 
 
 def make_units(unit: str, amount: int) -> Units:
-    return _UNIT_MAKERS[unit](amount)
+    """``Units`` with ``amount`` in the ``unit`` field (a shared immutable value)."""
+    known = _GRANTED_UNITS.get((unit, amount))
+    if known is None:
+        known = _UNIT_MAKERS[unit](amount)
+        if len(_GRANTED_UNITS) > 4096:
+            _GRANTED_UNITS.clear()
+        _GRANTED_UNITS[(unit, amount)] = known
+    return known
 
 
 def reservation_key(entry: ServiceUsage, terms: ServiceTerms) -> int:
@@ -72,13 +83,16 @@ def reservation_key(entry: ServiceUsage, terms: ServiceTerms) -> int:
 def orphan_span(version: PlanVersion) -> timedelta:
     """Silence after which a session is an orphan: factor x the plan's longest validity time."""
     key = (version.plan_id, version.version)
-    longest = _MAX_VALIDITY.get(key)
-    if longest is None:
+    known = _ORPHAN_SPANS.get(key)
+    if known is None or known[0] is not version:
         longest = max((t.validity_time_s for t in version.services), default=3600)
-        if len(_MAX_VALIDITY) > 4096:
-            _MAX_VALIDITY.clear()
-        _MAX_VALIDITY[key] = longest
-    return timedelta(seconds=version.orphan_timeout_factor * longest)
+        if len(_ORPHAN_SPANS) > 4096:
+            _ORPHAN_SPANS.clear()
+        known = _ORPHAN_SPANS[key] = (
+            version,
+            timedelta(seconds=version.orphan_timeout_factor * longest),
+        )
+    return known[1]
 
 
 def store_answer(
