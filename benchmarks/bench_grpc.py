@@ -495,7 +495,7 @@ async def bench(args: argparse.Namespace) -> None:
         if phases - {"memory"}:
             seconds = await provision(system.handles, subscribers)
             print(f"provisioned {subscribers:,} subscribers in {seconds:.1f} s")
-        door = await start_frontdoor(port=0)
+        door = await start_frontdoor(port=0, batch_max=args.frontdoor_batch_max)
         postmaster = system.embedded.status()["pid"] if system.embedded is not None else None
         meter = CpuMeter(postmaster)
         echo_port = free_port()
@@ -643,8 +643,11 @@ def main() -> None:
     parser.add_argument("--owners", type=int, default=2)
     parser.add_argument("--streams", type=int, default=2)
     parser.add_argument("--batch", type=int, default=500, help="requests per stream message")
-    parser.add_argument("--window", type=int, default=4, help="batches in flight per stream")
+    parser.add_argument("--window", type=int, default=8, help="batches in flight per stream")
     parser.add_argument("--memory-subscribers", type=int, default=1_000_000)
+    parser.add_argument(
+        "--frontdoor-batch-max", type=int, default=None, help="front door batch bound per owner"
+    )
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(PHASES)}")
     parser.add_argument("--serve-baseline", nargs=3, metavar=("PORT", "DSN", "SUBSCRIBERS"))
     args = parser.parse_args()

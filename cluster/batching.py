@@ -34,7 +34,7 @@ from cluster.telemetry import current as current_telemetry
 log = logging.getLogger(__name__)
 
 QUEUE_MAX_DEFAULT = 4096
-BATCH_MAX_DEFAULT = 512
+BATCH_MAX_DEFAULT = 2048  # the owner applies up to 4096 per group commit
 
 
 class OwnerClient(Protocol):
