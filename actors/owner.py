@@ -277,6 +277,7 @@ class ShardOwner:
         # One chunk at a time: concurrent chunks would merge into one big group commit, and big
         # steps leave the heap fragmented around the packed records (measured: +30 % RSS).
         results = [await self.submit(chunk) for chunk in chunks]
+        _malloc_trim()
         for chunk, replies in zip(chunks, results, strict=True):
             for request, reply in zip(chunk, replies, strict=True):
                 if isinstance(reply, Answered):
@@ -668,6 +669,8 @@ class ShardOwner:
         if self._route_map is None or current.version > self._route_map.version:
             self._route_map = current
         self._catalog = catalog
+        gc.collect()
+        _malloc_trim()  # the load's transient rows and objects are gone: give the pages back
         self._needs_load = False
         self._load_seconds = time.perf_counter() - started
         self._loads += 1
