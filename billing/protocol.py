@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum, StrEnum
 
+from billing._frozen import fast_init
+
 
 class ResultCode(IntEnum):
     """Diameter result codes, with the same numbers."""
@@ -99,6 +101,7 @@ def _reduce_by_slots(self: object) -> tuple[type, tuple[object, ...]]:
     return cls, tuple([getattr(self, name) for name in cls.__slots__])  # type: ignore[attr-defined]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Units:
     """An amount of service in the protocol's unit kinds. Zero means absent."""
@@ -168,6 +171,7 @@ class CreditControlRequest:
         return f"cc:{self.session_id}#{self.request_number}"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class FinalUnitIndication:
     __reduce__ = _reduce_by_slots
@@ -176,6 +180,7 @@ class FinalUnitIndication:
     redirect_address: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ServiceGrant:
     """The answer for one MSCC entry."""
@@ -195,6 +200,7 @@ class ServiceGrant:
     uncharged_micros: int = 0  # reported usage that a capped (prepaid) balance could not cover
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CreditControlAnswer:
     __reduce__ = _reduce_by_slots

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from billing._frozen import fast_init
 from billing._tariff_errors import RatingError
 from billing._tariff_model import Plan, PlanVersion, RateSpec, ServiceTerms
 from billing.money import divide
@@ -59,6 +60,7 @@ _MAX_SWITCH_STEPS = 4000
 _MAX_WINDOW = timedelta(seconds=MAX_TIME_UNITS + 2 * 86_400)  # validity is at most a day
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class UsageEvent:
     """Usage to price: ``units`` of the service's unit (seconds, octets, events, micros)."""
@@ -71,6 +73,7 @@ class UsageEvent:
     visited_plmn: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RatedItem:
     """One line of a rating: ``units`` used, ``charged_units`` after increments, priced by
@@ -85,6 +88,7 @@ class RatedItem:
     note: str = ""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Rating:
     """The price of a usage: ``cost_micros`` equals the sum of the items' amounts, and is >= 0."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from billing._frozen import fast_init
 from billing.protocol import BalanceResult, CreditControlAnswer, PaymentMode, ServiceKind
 
 
@@ -119,6 +120,7 @@ class EntryKind(StrEnum):
     BUCKET_EXPIRY = "bucket_expiry"  # units removed because the bucket expired
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
     """One balance movement. The journal alone reproduces every balance and bucket.
