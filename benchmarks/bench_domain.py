@@ -5,7 +5,10 @@ voice session (INITIAL, 3 UPDATEs, TERMINATION), one data session (INITIAL, 4 UP
 TERMINATION) and one SMS session (INITIAL, TERMINATION), interleaved across subscribers the way
 an owner sees them. Requests are built before the clock starts; the timed loop is ``handle()``
 plus ``take_changes()`` every 100 requests (one owner batch), timed in CPU seconds of this process
-(the machine is shared). It runs once as is and once after ``gc.freeze()`` of the loaded state.
+(the machine is shared). It runs once as is, once after ``gc.freeze()`` of the loaded state, and
+once with only the pre-built requests frozen (the collector then sees an owner's heap). Before
+timing, one untimed run keeps every journal line and checks every answer is 2001 and that
+``ledger.audit`` finds the state conserved; the timed runs fail on any answer that is not 2001.
 Baselines measured in the same run:
 a trivial dict-update loop over the same number of requests, and rating alone (``rate()`` of one
 usage per request), so the ratios show what charging costs beyond pricing.
@@ -23,10 +26,11 @@ import tracemalloc
 from datetime import UTC, datetime, timedelta
 
 from billing.charging import handle, provision_subscriber
+from billing.ledger import audit
 from billing.protocol import CreditControlRequest, RequestType, ServiceKind
 from billing.rating import UsageEvent, rate
 from billing.scenario import entry
-from billing.state import ShardState
+from billing.state import JournalEntry, ShardState
 from billing.tariff import builtin_catalog
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -36,6 +40,13 @@ EUR = 1_000_000
 
 def build(subscribers: int) -> tuple[ShardState, list[tuple[datetime, CreditControlRequest]]]:
     """A fresh state with ``subscribers`` provisioned, and the timed workload in arrival order."""
+    state = build_state(subscribers)
+    return state, build_requests(subscribers)
+
+
+def build_state(subscribers: int, journal: list[JournalEntry] | None = None) -> ShardState:
+    """A fresh state with ``subscribers`` provisioned; their opening journal lines go to
+    ``journal`` when given (for the audit)."""
     catalog = builtin_catalog()
     state = ShardState()
     for i in range(subscribers):
@@ -51,7 +62,14 @@ def build(subscribers: int) -> tuple[ShardState, list[tuple[datetime, CreditCont
             currency=None,
             now=START,
         )
-    state.take_changes()
+    opening = state.take_changes()
+    if journal is not None:
+        journal.extend(opening.journal)
+    return state
+
+
+def build_requests(subscribers: int) -> list[tuple[datetime, CreditControlRequest]]:
+    """The timed workload in arrival order: (time, request)."""
     # Per subscriber, three sessions as lists of (seconds after start, request).
     timeline: list[tuple[int, int, CreditControlRequest]] = []
     for i in range(subscribers):
@@ -89,17 +107,48 @@ def build(subscribers: int) -> tuple[ShardState, list[tuple[datetime, CreditCont
                 req(RequestType.UPDATE, n, at, entry(rg, request=ask, used=used))
             req(RequestType.TERMINATION, len(updates) + 1, at + 30, entry(rg, used=last))
     timeline.sort(key=lambda item: (item[0], item[1]))
-    return state, [(START + timedelta(seconds=at), request) for at, _, request in timeline]
+    return [(START + timedelta(seconds=at), request) for at, _, request in timeline]
 
 
-def run_domain(subscribers: int, *, freeze: bool = False) -> tuple[float, int, int]:
+def verify(subscribers: int) -> int:
+    """Run the workload once, untimed, keeping every journal line: every answer must be 2001,
+    every session ended, and ``ledger.audit`` must find the state conserved. Returns the number
+    of journal lines audited; raises ``SystemExit`` on any failure."""
+    catalog = builtin_catalog()
+    journal: list[JournalEntry] = []
+    state = build_state(subscribers, journal)
+    for now, request in build_requests(subscribers):
+        answer = handle(state, request, now=now, catalog=catalog)
+        if answer.result_code != 2001:
+            raise SystemExit(f"{request.idempotency_key}: answered {answer}")
+        journal.extend(state.take_changes().journal)
+    if state.sessions:
+        raise SystemExit(f"{len(state.sessions)} sessions still open")
+    problems = audit(state, journal)
+    if problems:
+        raise SystemExit("conservation audit failed:\n" + "\n".join(problems[:20]))
+    return len(journal)
+
+
+def run_domain(
+    subscribers: int, *, freeze: bool = False, freeze_requests: bool = False
+) -> tuple[float, int, int]:
     """CPU seconds for the whole workload, requests, and how many were not successes.
 
-    ``freeze``: move the loaded state out of the cyclic garbage collector's reach before the
-    timed loop (``gc.freeze()``), as an owner can do after loading its vshards.
+    ``freeze``: move the loaded state (and the pre-built requests) out of the cyclic garbage
+    collector's reach before the timed loop (``gc.freeze()``), as an owner can do after loading
+    its vshards. ``freeze_requests``: move only the pre-built requests out of its reach (built
+    first, frozen, then the state is loaded), so the collector sees the heap of an owner (its
+    state, answers and sessions) rather than 130,000 requests an owner never holds at once.
     """
     catalog = builtin_catalog()
-    state, work = build(subscribers)
+    if freeze_requests:
+        work = build_requests(subscribers)
+        gc.collect()
+        gc.freeze()
+        state = build_state(subscribers)
+    else:
+        state, work = build(subscribers)
     if freeze:
         gc.collect()
         gc.freeze()
@@ -112,9 +161,11 @@ def run_domain(subscribers: int, *, freeze: bool = False) -> tuple[float, int, i
         if i % 100 == 99:
             state.take_changes()
     elapsed = time.process_time() - begin
-    if freeze:
+    if freeze or freeze_requests:
         gc.unfreeze()
     assert not state.sessions, "every session terminated"
+    if failures:
+        raise SystemExit(f"{failures} answers were not 2001")
     return elapsed, len(work), failures
 
 
@@ -174,22 +225,29 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    domain, frozen, dict_rates, rating_rates = [], [], [], []
+    audited = verify(args.subscribers)
+    domain, frozen, owner_heap, dict_rates, rating_rates = [], [], [], [], []
     requests = failures = 0
     for _ in range(args.runs):
         elapsed, requests, failures = run_domain(args.subscribers)
         domain.append(requests / elapsed)
         elapsed, requests, failures = run_domain(args.subscribers, freeze=True)
         frozen.append(requests / elapsed)
+        elapsed, requests, failures = run_domain(args.subscribers, freeze_requests=True)
+        owner_heap.append(requests / elapsed)
         dict_rates.append(requests / run_dict_baseline(requests))
         rating_rates.append(requests / run_rating_baseline(requests))
-    d, f, b, r = (statistics.median(x) for x in (domain, frozen, dict_rates, rating_rates))
+    d, f, o, b, r = (
+        statistics.median(x) for x in (domain, frozen, owner_heap, dict_rates, rating_rates)
+    )
     print(
         f"subscribers {args.subscribers}, requests per run {requests}, non-2001 answers {failures}"
     )
+    print(f"verified: every answer 2001, all sessions ended, {audited:,} journal lines audited")
     print("requests per CPU second, median of", args.runs, "runs:")
     print(f"domain handle()           {d:12,.0f} /s")
     print(f"domain, gc.freeze() load  {f:12,.0f} /s")
+    print(f"domain, requests frozen   {o:12,.0f} /s   (collector sees only the owner's heap)")
     print(f"baseline rate() alone     {r:12,.0f} /s   domain/rating = {d / r:.2f}")
     print(f"baseline dict update      {b:12,.0f} /s   domain/dict   = {d / b:.4f}")
     for plan_id in ("payg", "postpaid-monthly"):
