@@ -63,7 +63,7 @@ from actors.messages import (
     Unavailable,
 )
 from billing.sessions import prune_answers, release_orphans
-from billing.state import Account, ShardState, Subscriber
+from billing.state import Account, Changes, ShardState, Subscriber
 from billing.tariff import Catalog, builtin_catalog, load_plan
 from sharding.shardmap import ShardMap
 from sharding.store import NotOwner as StoreNotOwner
@@ -182,6 +182,8 @@ class ShardOwner:
         self._wakeup = asyncio.Event()
         self._ready = asyncio.Event()
         self._needs_load = True
+        self._reload_vshards: set[int] = set()  # touched by a failed commit: reload before serving
+        self._recheck_map = False  # lost a vshard to a stale epoch: ask the manager
         self._closing = False
         self._last_error = ""
         self._load_seconds = 0.0
@@ -535,6 +537,20 @@ class ShardOwner:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
                 continue
+            if self._reload_vshards or self._recheck_map:
+                try:
+                    if self._reload_vshards:
+                        await self._reload_touched()
+                    if self._recheck_map:
+                        await self._recheck()
+                    backoff = 0.05
+                except Exception as exc:
+                    self._last_error = f"reload failed: {type(exc).__name__}: {exc}"
+                    log.warning("%s: %s", self._name, self._last_error)
+                    self._fail_queued(self._not_ready())
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                continue
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -558,6 +574,39 @@ class ShardOwner:
         self._last_error = why
         self._needs_load = True
         self._ready.clear()
+
+    def _discard(self, changes: Changes, why: str, *, lost: int | None) -> None:
+        """A commit failed: nothing of it is durable, so forget its effects. Every mutation the
+        domain makes is recorded in ``changes`` (its contract), so reloading the vshards those
+        changes touch, and forgetting the answers they remembered, restores the truth; the other
+        vshards are untouched and need no reload. Serving waits until the reload is done."""
+        state = self._state
+        for key in changes.answers:
+            state.answers.pop(key, None)
+        for key in changes.balance_results:
+            state.balance_results.pop(key, None)
+        affected = _touched(changes)
+        if lost is not None:
+            self._drop({lost})  # another owner holds it now: forget it, do not reload it
+            affected.discard(lost)
+            self._recheck_map = True
+        self._reload_vshards |= affected & set(self._epochs)
+        self._last_error = why
+        if self._reload_vshards:
+            self._ready.clear()
+
+    async def _reload_touched(self) -> None:
+        """Reload the vshards a failed commit touched (their memory may hold its effects)."""
+        started = time.perf_counter()
+        vshards = set(self._reload_vshards)
+        self._forget(vshards)
+        await self._load_into(self._state, self._directory, sorted(vshards))
+        self._reload_vshards -= vshards
+        self._loads += 1
+        self._load_seconds = time.perf_counter() - started
+        if not self._reload_vshards:
+            self._last_error = ""
+            self._ready.set()
 
     def _step(self, now: datetime) -> Step:
         current = self._map
@@ -614,12 +663,12 @@ class ShardOwner:
         try:
             await self._store.commit(changes, self._epochs)
         except StoreNotOwner as exc:
-            self._epochs.pop(exc.vshard, None)
-            self._invalidate(str(exc))
+            self._discard(changes, str(exc), lost=exc.vshard)
             return _CommitError(str(exc), exc.vshard, self._map_version(), self._vshard_count())
         except Exception as exc:
-            self._invalidate(f"commit failed, nothing acknowledged: {type(exc).__name__}: {exc}")
-            return _CommitError(self._last_error, None, self._map_version(), self._vshard_count())
+            why = f"commit failed, nothing acknowledged: {type(exc).__name__}: {exc}"
+            self._discard(changes, why, lost=None)
+            return _CommitError(why, None, self._map_version(), self._vshard_count())
         self._commits += 1
         self._directory.freeze(touched, keep=self._guests)  # committed and idle: pack them
         return None
@@ -629,7 +678,7 @@ class ShardOwner:
         now = _utcnow()
         release_orphans(self._state, now=now)
         prune_answers(self._state, now - timedelta(seconds=self._config.answer_retention_s))
-        if await self._commit() is None and not self._needs_load:
+        if await self._commit() is None and not self._needs_load and not self._reload_vshards:
             self._directory.freeze_all(keep=self._guests)
 
     async def _sweep_loop(self) -> None:
@@ -665,6 +714,8 @@ class ShardOwner:
         await self._load_into(state, directory, mine)
         catalog = await self._load_catalog()
         self._state, self._directory, self._epochs, self._guests = state, directory, epochs, set()
+        self._reload_vshards = set()
+        self._recheck_map = False
         self._map = current
         if self._route_map is None or current.version > self._route_map.version:
             self._route_map = current
@@ -679,28 +730,40 @@ class ShardOwner:
         log.info("%s: holds %d vshards, loaded in %.3fs", self._name, len(mine), self._load_seconds)
 
     async def _remap(self, job: _Job) -> None:
-        """Follow a new map: drop vshards given away, take over and load the ones received."""
+        """Follow a newer map pushed by the manager."""
         new_map = job.new_map
         assert new_map is not None
         try:
-            if self._map is not None and new_map.version <= self._map.version:
-                return
-            mine = set(new_map.vshards_of(self._name))
-            lost = set(self._epochs) - mine
-            gained = sorted(mine - set(self._epochs))
-            if lost:
-                self._drop(lost)
-            if gained:
-                epochs = await self._store.take_over(gained, self._name)
-                await self._load_into(self._state, self._directory, gained)
-                self._epochs.update(epochs)
-            self._map = new_map
-            if self._route_map is None or new_map.version > self._route_map.version:
-                self._route_map = new_map
+            if self._map is None or new_map.version > self._map.version:
+                await self._reconcile(new_map)
         except Exception as exc:
             self._invalidate(f"taking over new vshards failed: {type(exc).__name__}: {exc}")
         finally:
             self._resolve(job, [])
+
+    async def _recheck(self) -> None:
+        """After losing a vshard to a stale epoch, ask the manager what this owner should hold:
+        the map may have moved it (then it stays away), or still assign it here (then this owner
+        takes it back: a bumped epoch without a map change is not a legitimate move)."""
+        current: ShardMap = await self._handle(self._config.manager_name).get_map.remote()
+        await self._reconcile(current)
+        self._recheck_map = False
+
+    async def _reconcile(self, new_map: ShardMap) -> None:
+        """Drop vshards no longer assigned here; take over (epoch bump) and load new ones."""
+        mine = set(new_map.vshards_of(self._name))
+        lost = set(self._epochs) - mine
+        gained = sorted(mine - set(self._epochs))
+        if lost:
+            self._drop(lost)
+        if gained:
+            epochs = await self._store.take_over(gained, self._name)
+            self._forget(set(gained))
+            await self._load_into(self._state, self._directory, gained)
+            self._epochs.update(epochs)
+        self._map = new_map
+        if self._route_map is None or new_map.version > self._route_map.version:
+            self._route_map = new_map
 
     @staticmethod
     def _new_state(directory: Directory) -> ShardState:
@@ -731,9 +794,14 @@ class ShardOwner:
 
     def _drop(self, vshards: set[int]) -> None:
         """Forget everything held for ``vshards`` (they now belong to another owner)."""
-        state = self._state
         for v in vshards:
             self._epochs.pop(v, None)
+        self._reload_vshards -= vshards
+        self._forget(vshards)
+
+    def _forget(self, vshards: set[int]) -> None:
+        """Drop the in-memory state of ``vshards`` (ownership unchanged)."""
+        state = self._state
         self._directory.drop_vshards(vshards)
         for sid in [k for k, s in state.sessions.items() if s.vshard in vshards]:
             del state.sessions[sid]
@@ -745,6 +813,19 @@ class _CommitError:
     lost_vshard: int | None
     map_version: int
     vshard_count: int
+
+
+def _touched(changes: Changes) -> set[int]:
+    """Every vshard a step's changes write to."""
+    vshards = {e.vshard for e in changes.journal}
+    vshards.update(a.vshard for a in changes.accounts.values())
+    vshards.update(b.vshard for b in changes.buckets.values())
+    vshards.update(s.vshard for s in changes.subscribers.values())
+    vshards.update(s.vshard for s in changes.sessions.values())
+    vshards.update(changes.ended_sessions.values())
+    vshards.update(v for v, _ in changes.answers.values())
+    vshards.update(v for v, _ in changes.balance_results.values())
+    return vshards
 
 
 def _unacknowledged(reply: OwnerReply, why: str) -> OwnerReply:
