@@ -278,7 +278,7 @@ class ShardOwner:
         chunks = [list(requests[i : i + step]) for i in range(0, len(requests), step)]
         # One chunk at a time: concurrent chunks would merge into one big group commit, and big
         # steps leave the heap fragmented around the packed records (measured: +30 % RSS).
-        results = [await self.submit(chunk) for chunk in chunks]
+        results = [await self._submit_retrying(chunk) for chunk in chunks]
         _malloc_trim()
         for chunk, replies in zip(chunks, results, strict=True):
             for request, reply in zip(chunk, replies, strict=True):
@@ -297,6 +297,19 @@ class ShardOwner:
         return ProvisionSummary(
             created=created, rejected=tuple(rejected), not_owner=tuple(not_owner)
         )
+
+    async def _submit_retrying(self, chunk: list[ProvisionRequest]) -> list[OwnerReply]:
+        """Submit, retrying what came back Unavailable (nothing acknowledged) a few times; a
+        retried provisioning that had in fact committed answers ``already_exists``."""
+        replies = await self.submit(chunk)
+        for attempt in range(5):
+            todo = [i for i, r in enumerate(replies) if isinstance(r, Unavailable)]
+            if not todo:
+                break
+            await asyncio.sleep(0.1 * (attempt + 1))
+            for i, reply in zip(todo, await self.submit([chunk[i] for i in todo]), strict=True):
+                replies[i] = reply
+        return replies
 
     async def apply_map(self, new_map: ShardMap) -> bool:
         """The manager's push of a newer map: drop vshards that moved away, take over new ones."""
