@@ -153,21 +153,21 @@ class Poster:
         pending = self.state.pending
         pending.accounts[account.account_id] = account
         pending.journal.append(
-            JournalEntry(
-                vshard=account.vshard,
-                account_id=account.account_id,
-                idempotency_key=self.key,
-                line=self.line,
-                kind=kind,
-                amount_micros=amount_micros,
-                bucket_id=bucket_id,
-                units=units,
-                at=self.at,
-                session_id=self.session_id,
-                request_number=self.request_number,
-                rating_group=rating_group,
-                record_id=self.record_id,
-                note=note,
+            JournalEntry(  # positional, in field order: this runs for every journal line
+                account.vshard,
+                account.account_id,
+                self.key,
+                self.line,
+                kind,
+                amount_micros,
+                bucket_id,
+                units,
+                self.at,
+                self.session_id,
+                self.request_number,
+                rating_group,
+                self.record_id,
+                note,
             )
         )
         self.line += 1

@@ -31,6 +31,7 @@ from billing.protocol import (
     CreditControlRequest,
     RequestType,
     ResultCode,
+    ServiceUsage,
     Units,
 )
 from billing.quota import funds_for, order_problem
@@ -62,6 +63,10 @@ __all__ = [
 MAX_SERVICES = 64  # service entries per request
 MAX_USED_PARTS = 8  # used-units reports per service entry
 MAX_UNITS = 2**50 - 1  # any single unit amount (about 1.1e15)
+_INITIAL = RequestType.INITIAL
+_UPDATE = RequestType.UPDATE
+_TERMINATION = RequestType.TERMINATION
+_EVENT = RequestType.EVENT
 _UNIT_FIELDS = (
     "time_s",
     "total_octets",
@@ -94,51 +99,82 @@ def _check_units(units: Units, where: str) -> str | None:
 
 def validate(request: CreditControlRequest) -> tuple[ResultCode, str] | None:
     """The first thing malformed in ``request`` as (5004 or 5005, message naming the field)."""
-    missing = ResultCode.MISSING_AVP
-    invalid = ResultCode.INVALID_AVP_VALUE
     if not request.session_id:
-        return missing, "session_id is missing"
+        return ResultCode.MISSING_AVP, "session_id is missing"
     if not request.subscriber_id:
-        return missing, "subscriber_id is missing"
+        return ResultCode.MISSING_AVP, "subscriber_id is missing"
     if request.event_time.tzinfo is None:
-        return invalid, "event_time must be timezone-aware"
+        return ResultCode.INVALID_AVP_VALUE, "event_time must be timezone-aware"
     number = request.request_number
     kind = request.request_type
     if number < 0:
-        return invalid, f"request_number must be >= 0, got {number}"
-    if kind is RequestType.INITIAL and number != 0:
-        return invalid, f"request_number must be 0 for INITIAL, got {number}"
-    if kind in (RequestType.UPDATE, RequestType.TERMINATION) and number == 0:
-        return invalid, f"request_number must be >= 1 for {kind.name}, got 0"
-    if kind is RequestType.EVENT:
+        return ResultCode.INVALID_AVP_VALUE, f"request_number must be >= 0, got {number}"
+    if kind is _INITIAL:
+        if number != 0:
+            return (
+                ResultCode.INVALID_AVP_VALUE,
+                f"request_number must be 0 for INITIAL, got {number}",
+            )
+    elif (kind is _UPDATE or kind is _TERMINATION) and number == 0:
+        return (
+            ResultCode.INVALID_AVP_VALUE,
+            f"request_number must be >= 1 for {kind.name}, got 0",
+        )
+    if kind is _EVENT:
         if request.requested_action is None:
-            return missing, "requested_action is missing (required for EVENT)"
+            return ResultCode.MISSING_AVP, "requested_action is missing (required for EVENT)"
     elif request.requested_action is not None:
-        return invalid, f"requested_action applies to EVENT only, not {kind.name}"
+        return (
+            ResultCode.INVALID_AVP_VALUE,
+            f"requested_action applies to EVENT only, not {kind.name}",
+        )
     services = request.services
-    if len(services) > MAX_SERVICES:
-        return invalid, f"services: at most {MAX_SERVICES} entries, got {len(services)}"
+    count = len(services)
+    if count == 1:  # the common case: nothing to compare identities with
+        return _check_entry(services[0], 0)
+    if count > MAX_SERVICES:
+        return (
+            ResultCode.INVALID_AVP_VALUE,
+            f"services: at most {MAX_SERVICES} entries, got {count}",
+        )
     seen: set[tuple[int | None, int | None]] = set()
     for index, entry in enumerate(services):
         ident = (entry.rating_group, entry.service_identifier)
-        if ident == (None, None):
-            return missing, f"services[{index}]: rating_group or service_identifier is missing"
-        if index:
+        if ident != (None, None):
             if ident in seen:
-                return invalid, f"services[{index}]: rating group {ident[0]} appears twice"
+                return (
+                    ResultCode.INVALID_AVP_VALUE,
+                    f"services[{index}]: rating group {ident[0]} appears twice",
+                )
             seen.add(ident)
-        elif len(services) > 1:
-            seen.add(ident)
-        if entry.requested is not None:
-            problem = _check_units(entry.requested, f"services[{index}].requested")
+        problem = _check_entry(entry, index)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _check_entry(entry: ServiceUsage, index: int) -> tuple[ResultCode, str] | None:
+    """What is malformed in the service entry at ``index`` (identity, amounts, report count)."""
+    if entry.rating_group is None and entry.service_identifier is None:
+        return (
+            ResultCode.MISSING_AVP,
+            f"services[{index}]: rating_group or service_identifier is missing",
+        )
+    if entry.requested is not None:
+        problem = _check_units(entry.requested, f"services[{index}].requested")
+        if problem:
+            return ResultCode.INVALID_AVP_VALUE, problem
+    used = entry.used
+    if used:
+        if len(used) > MAX_USED_PARTS:
+            return (
+                ResultCode.INVALID_AVP_VALUE,
+                f"services[{index}].used: at most {MAX_USED_PARTS} reports",
+            )
+        for part, report in enumerate(used):
+            problem = _check_units(report.units, f"services[{index}].used[{part}].units")
             if problem:
-                return invalid, problem
-        if len(entry.used) > MAX_USED_PARTS:
-            return invalid, f"services[{index}].used: at most {MAX_USED_PARTS} reports"
-        for part, used in enumerate(entry.used):
-            problem = _check_units(used.units, f"services[{index}].used[{part}].units")
-            if problem:
-                return invalid, problem
+                return ResultCode.INVALID_AVP_VALUE, problem
     return None
 
 

@@ -133,20 +133,18 @@ def funds_for(
 ) -> Funds:
     order = version.consumption_order
     rated_only = account.payment_mode is PaymentMode.RATED_ONLY
-    return Funds(
-        state=state,
-        key=key,
-        account=account,
-        plan=plan,
-        version=version,
-        destination=destination,
-        visited_plmn=visited_plmn,
-        floor=money_floor(account, order),
-        use_buckets="bundles" in order
-        and not rated_only
-        and account.account_id in state.buckets_by_account,
-        use_money="prepaid" in order or "credit" in order,
-        rated_only=rated_only,
+    return Funds(  # positional, in field order: this runs for every request
+        state,
+        key,
+        account,
+        plan,
+        version,
+        destination,
+        visited_plmn,
+        money_floor(account, order),
+        "bundles" in order and not rated_only and account.account_id in state.buckets_by_account,
+        "prepaid" in order or "credit" in order,
+        rated_only,
     )
 
 
