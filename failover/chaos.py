@@ -70,6 +70,7 @@ class ChaosOptions:
     node_cpus: int = 1
     object_store_mb: int = 80
     kinds: tuple[FaultKind, ...] = DRAWN_KINDS
+    move_round: int = 8  # vshards per scale-out round
     verbose: bool = False
     tamper: bool = False  # tests only: write one journal row out of band, so the audit must fail
 
@@ -96,6 +97,18 @@ class Recovery:
     detail: str = ""
 
 
+@dataclass(slots=True)
+class Move:
+    """One scale-out: vshards moved, in how many rounds, when (monotonic), failed attempts."""
+
+    vshards: int
+    rounds: int
+    started: float
+    ended: float
+    failed_attempts: int = 0  # client gRPC errors while it ran (any cause)
+    rates: tuple[float, float, float] = (0.0, 0.0, 0.0)  # answers/s: 5 s before, during, 5 s after
+
+
 @dataclass
 class ChaosResult:
     seed: int
@@ -109,7 +122,7 @@ class ChaosResult:
     load_seconds: float = 0.0
     phases: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (ok, seconds)
     errors: list[str] = field(default_factory=list)
-    moves: list[tuple[int, float]] = field(default_factory=list)  # scale-out: (vshards, seconds)
+    moves: list[Move] = field(default_factory=list)  # scale-out moves
     takeovers: list[dict[str, Any]] = field(default_factory=list)  # the monitor's decisions
     monitor_status: dict[str, Any] = field(default_factory=dict)
 
@@ -297,20 +310,32 @@ class ChaosCluster:
         shard_map = await self.manager.get_map.remote()
         return {v for o in owners for v in shard_map.vshards_of(o)}
 
-    async def add_node(self) -> tuple[list[str], int, float]:
-        """Add a node with new owners and rebalance onto them; (owners, vshards moved, move s)."""
+    async def add_node(self) -> tuple[list[str], Move]:
+        """Add a node with new owners and move their share of vshards to them in small rounds.
+
+        Each round is one ``ShardManager.move``: the givers drop the round's vshards, the map
+        is published, the takers bump the epochs and load. Requests for a moving vshard get
+        NotOwner and are retried by the front door at the new owner.
+        """
+        from failover.plan import plan_join, rounds
+        from sharding.shardmap import moved_vshards
+
         node = await asyncio.to_thread(self._new_node)
         self.nodes.append(node)
         names = self._start_owners(node)
         for name in names:
             await self.handles[name].ready.remote(120.0)
-        before = await self.manager.get_map.remote()
-        owners = sorted({*before.owners, *names})
+        current = await self.manager.get_map.remote()
+        target = plan_join(current, sorted({*current.owners, *names}))
         started = time.monotonic()
-        after = await self.manager.set_owners.remote(owners)
-        took = time.monotonic() - started
-        moved = sum(1 for v in range(after.vshard_count) if before.owner_of(v) != after.owner_of(v))
-        return names, moved, took
+        moved = 0
+        steps = rounds(current, target, self.options.move_round) if target is not None else []
+        for step in steps:
+            chunk = {v: new for v, (_old, new) in moved_vshards(current, step).items()}
+            await self.manager.move.remote(chunk)
+            moved += len(chunk)
+            current = step
+        return names, Move(moved, len(steps), started, time.monotonic())
 
     async def remove_node(self, pick: int) -> tuple[Any, list[str], set[int], float]:
         """Lose a worker node silently, as a machine that loses power or network does.
@@ -458,14 +483,15 @@ async def wait_served(
 class Harness:
     """Runs one seeded chaos run."""
 
-    def __init__(self, options: ChaosOptions, *, say: Any = print) -> None:
+    def __init__(self, options: ChaosOptions, *, say: Any = None) -> None:
         self.options = options
-        self.say = say
+        self.say = say or (lambda line: print(line, flush=True))  # progress shows in a log file
         self.schedule = generate(options.seed, options.spec())
         self.result = ChaosResult(seed=options.seed, schedule=self.schedule)
         self.subscribers: list[str] = []
         self.addresses: list[str] = []
         self._probes: list[asyncio.Task[None]] = []
+        self._background: list[asyncio.Task[Any]] = []
 
     async def run(self) -> ChaosResult:
         from failover.load import LoadClient
@@ -495,13 +521,26 @@ class Harness:
             t0 = time.monotonic()
             await self._inject_all(chaos, client, t0)
             await asyncio.sleep(self.options.settle_s)
-            if self._probes:
-                await asyncio.gather(*self._probes, return_exceptions=True)
+            if self._probes or self._background:
+                await asyncio.gather(*self._probes, *self._background, return_exceptions=True)
             client.stop()
             await load
             self.result.load_seconds = time.monotonic() - t0
             await chaos.resume_all()
             self._phases(client, t0)
+            for move in self.result.moves:
+                move.failed_attempts = sum(
+                    1 for at, _ in client.errors if move.started <= at <= move.ended
+                )
+                spans = (
+                    (move.started - 5, move.started),
+                    (move.started, max(move.ended, move.started + 0.001)),
+                    (move.ended, move.ended + 5),
+                )
+                move.rates = tuple(  # type: ignore[assignment]
+                    sum(1 for at, ok in client.timeline if ok and a <= at < b) / (b - a)
+                    for a, b in spans
+                )
             if chaos.monitor is not None:
                 self.result.takeovers = await chaos.monitor.actor.events.remote()
                 self.result.monitor_status = await chaos.monitor.actor.status.remote()
@@ -594,9 +633,12 @@ class Harness:
             self._probe(kind, started, t0, vshards)
             return f"node {node.node_id[:8]} went silent with {', '.join(owners) or 'no owners'}"
         if kind is FaultKind.ADD_NODE:
-            names, moved, took = await chaos.add_node()
-            self.result.moves.append((moved, took))
-            return f"owners {', '.join(names)} joined; {moved} vshards moved in {took:.2f}s"
+            names, move = await chaos.add_node()
+            self.result.moves.append(move)
+            return (
+                f"owners {', '.join(names)} joined; {move.vshards} vshards moved in "
+                f"{move.rounds} rounds, {move.ended - move.started:.2f}s"
+            )
         if kind is FaultKind.RESTART_POSTGRES:
             back = await chaos.restart_postgres(fault.duration_ms)
             self._probe_charge(kind, back, t0, client)
@@ -604,13 +646,18 @@ class Harness:
         if kind is FaultKind.KILL_FRONTDOOR:
             index = await chaos.kill_door(fault.pick)
             return f"front door {index} (port {chaos.door_ports[index]}) killed and restarted"
+        # Client-side faults run in the background: their requests may wait out an outage
+        # (up to the request budget) and must not hold up the rest of the schedule.
         if kind is FaultKind.DUPLICATE_REQUESTS:
-            sent = await client.duplicate(fault.burst, rng)
-            return f"{sent} answered requests sent again"
+            burst = min(fault.burst, len(client.sent))
+            self._background.append(asyncio.create_task(client.duplicate(burst, rng)))
+            return f"{burst} answered requests sent again"
         if kind is FaultKind.REORDER_REQUESTS:
             subscriber = choose(self.subscribers, fault.pick)
             updates = max(2, min(fault.burst, 6))
-            await client.session(subscriber, reorder=updates)
+            self._background.append(
+                asyncio.create_task(client.session(subscriber, reorder=updates))
+            )
             return f"{updates} updates of one session sent in reverse order"
         raise ValueError(f"unknown fault kind {kind}")
 
@@ -698,6 +745,7 @@ def parse_args(argv: Sequence[str] | None) -> ChaosOptions:
         default=",".join(k.value for k in DRAWN_KINDS),
         help="fault kinds to draw from (comma separated)",
     )
+    parser.add_argument("--move-round", type=int, default=8, help="vshards per scale-out round")
     parser.add_argument("--verbose", action="store_true", help="show Ray worker logs")
     parser.add_argument("--tamper-for-test", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -705,7 +753,15 @@ def parse_args(argv: Sequence[str] | None) -> ChaosOptions:
         kinds = tuple(FaultKind(k.strip()) for k in args.kinds.split(",") if k.strip())
     except ValueError as exc:
         parser.error(f"--kinds: {exc}; known: {', '.join(k.value for k in DRAWN_KINDS)}")
-    for name in ("faults", "nodes", "owners_per_node", "vshards", "subscribers", "concurrency"):
+    for name in (
+        "faults",
+        "nodes",
+        "owners_per_node",
+        "vshards",
+        "subscribers",
+        "concurrency",
+        "move_round",
+    ):
         if getattr(args, name) < (0 if name == "faults" else 1):
             parser.error(f"--{name.replace('_', '-')} must be positive")
     return ChaosOptions(
@@ -722,6 +778,7 @@ def parse_args(argv: Sequence[str] | None) -> ChaosOptions:
         kinds=kinds,
         verbose=args.verbose,
         tamper=args.tamper_for_test,
+        move_round=args.move_round,
     )
 
 

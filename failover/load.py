@@ -79,6 +79,7 @@ class LoadClient:
     answers: list[ClientAnswer] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     timeline: list[tuple[float, bool]] = field(default_factory=list)
+    errors: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, gRPC status)
     sent: deque[Sent] = field(default_factory=lambda: deque(maxlen=500))
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
     _stubs: list[pb_grpc.ChargingStub] = field(default_factory=list)
@@ -118,6 +119,7 @@ class LoadClient:
             except grpc.aio.AioRpcError as error:
                 code = error.code()
                 self.outcomes[f"grpc {code.name}"] += 1
+                self.errors.append((time.monotonic(), code.name))
                 if code not in _RETRYABLE or loop.time() >= give_up_at or self._stop.is_set():
                     self.outcomes[_GIVE_UP] += 1
                     self.timeline.append((time.monotonic(), False))

@@ -99,8 +99,26 @@ def render_result(result: ChaosResult, console: Any) -> None:
             f"{status.get('dead')}, last error: {status.get('last_error') or '-'}"
         )
     if result.moves:
-        moves = ", ".join(f"{n} vshards in {s:.2f}s" for n, s in result.moves)
-        console.print(f"Scale-out moves: {moves}")
+        moves = Table(title="Scale-out: vshards moved to a new node's owners")
+        for column in (
+            "vshards",
+            "rounds",
+            "seconds",
+            "failed client attempts meanwhile",
+            "answers/s 5 s before",
+            "during",
+            "5 s after",
+        ):
+            moves.add_column(column, justify="right")
+        for m in result.moves:
+            moves.add_row(
+                str(m.vshards),
+                str(m.rounds),
+                f"{m.ended - m.started:.2f}",
+                str(m.failed_attempts),
+                *(f"{r:.0f}" for r in m.rates),
+            )
+        console.print(moves)
 
     if result.audit is not None:
         console.print(render(result.audit))

@@ -256,7 +256,7 @@ class FailoverMonitor:
         if self._paused or not (died or returned):
             return
         dead = self._detector.dead()
-        live = [n for n in names if n not in dead]
+        live = [n for n in names if n in self._watched and n not in dead]  # not forgotten ones
         for name in died:
             log.warning("failover monitor: owner %s is dead; moving its vshards", name)
         await self._rebalance(manager, current, live, sorted(dead), died, returned, now)
