@@ -49,6 +49,8 @@ _UNIT_MAKERS = {
     "service_units": lambda n: Units(service_units=n),
     "money_micros": lambda n: Units(money_micros=n),
 }
+_TERMINATION = RequestType.TERMINATION
+_AFTER = TariffChangeUsage.AFTER
 _ = ReportingReason  # reporting reasons are informational: every report is charged alike
 
 
@@ -127,8 +129,8 @@ def session_entry(
         return ServiceGrant(rg, sid, ResultCode.RATING_FAILED, error_message=str(err))
     if terms.credit_control == "free":
         return ServiceGrant(rg, sid, ResultCode.CREDIT_CONTROL_NOT_APPLICABLE)
-    key = reservation_key(entry, terms)
-    asks = entry.requested is not None and request_type is not RequestType.TERMINATION
+    key = rg if rg is not None else reservation_key(entry, terms)
+    asks = entry.requested is not None and request_type is not _TERMINATION
     old = None
     if entry.used or asks:
         old = session.reservations.pop(key, None)
@@ -139,10 +141,11 @@ def session_entry(
         begin = old.granted_at if old is not None and old.granted_at is not None else now
         switch = old.tariff_switch_at if old is not None else None
         parts: list[tuple[int, datetime]] = []
+        unit = terms.unit
         for used in entry.used:
-            amount = units_of(used.units, terms.unit)
+            amount = units_of(used.units, unit)
             if amount:
-                after = used.tariff_change_usage is TariffChangeUsage.AFTER and switch is not None
+                after = used.tariff_change_usage is _AFTER and switch is not None
                 start = switch if after and switch is not None else begin
                 if parts and parts[-1][1] == start:  # reports of one stretch are rated as one
                     amount += parts.pop()[0]
@@ -198,17 +201,18 @@ def session_entry(
             action, terms.redirect_address if action is FinalUnitAction.REDIRECT else None
         )
     pct = terms.quota_threshold_percent
-    return ServiceGrant(
+    return ServiceGrant(  # positional, in field order: the common answer
         rg,
         sid,
         ResultCode.SUCCESS,
-        granted=make_units(terms.unit, granted),
-        validity_time_s=validity,
-        final_unit=final,
-        tariff_time_change=switch_at,
-        quota_threshold=granted * pct // 100 if pct else None,
-        cost_micros=cost,
-        uncharged_micros=uncharged,
+        make_units(terms.unit, granted),
+        validity,
+        final,
+        switch_at,
+        granted * pct // 100 if pct else None,
+        cost,
+        "",
+        uncharged,
     )
 
 
@@ -246,18 +250,15 @@ def run_session_request(
     ]
     code, message = command_result(grants)
     account = funds.account
-    return CreditControlAnswer(
-        session_id=request.session_id,
-        request_number=request.request_number,
-        result_code=code,
-        services=tuple(grants),
-        cost_micros=grants[0].cost_micros
-        if len(grants) == 1
-        else sum(g.cost_micros for g in grants),
-        error_message=message,
-        balance_after_micros=None
-        if funds.rated_only
-        else account.balance_micros - account.reserved_micros,
+    return CreditControlAnswer(  # positional, in field order: one per request
+        request.session_id,
+        request.request_number,
+        code,
+        tuple(grants),
+        grants[0].cost_micros if len(grants) == 1 else sum(g.cost_micros for g in grants),
+        None,
+        message,
+        None if funds.rated_only else account.balance_micros - account.reserved_micros,
     )
 
 
