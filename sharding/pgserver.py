@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -60,9 +61,30 @@ class PgServerError(RuntimeError):
 
 
 def default_data_dir() -> Path:
-    """``$BILLING_HOME/pg`` if ``BILLING_HOME`` is set, else ``./var/pg``."""
+    """``$BILLING_HOME/pg`` if ``BILLING_HOME`` is set, else ``./var/pg``.
+
+    As root the server runs as an unprivileged user, which must be able to traverse every
+    ancestor of its data directory. A checkout under a private home (``/root`` is 0700) would
+    make ``./var/pg`` unreachable for it, so there the default moves to
+    ``/var/tmp/billing-<hash of the checkout path>/pg``: the same checkout always finds its data.
+    """
     home = os.environ.get("BILLING_HOME")
-    return (Path(home) / "pg") if home else Path("var") / "pg"
+    if home:
+        return Path(home) / "pg"
+    local = Path("var") / "pg"
+    if os.geteuid() == 0 and not _others_may_traverse(local.absolute()):
+        digest = hashlib.sha256(str(Path.cwd()).encode()).hexdigest()[:12]
+        return Path("/var/tmp") / f"billing-{digest}" / "pg"
+    return local
+
+
+def _others_may_traverse(path: Path) -> bool:
+    """True when every existing ancestor of ``path`` lets any user pass (mode o+x)."""
+    for parent in path.parents:
+        with contextlib.suppress(FileNotFoundError):
+            if not parent.stat().st_mode & 0o001:
+                return False
+    return True
 
 
 def _bindir_ok(path: Path) -> bool:

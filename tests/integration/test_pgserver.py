@@ -120,11 +120,31 @@ def test_resolve_dsn_prefers_flag_then_env(monkeypatch: pytest.MonkeyPatch, base
     assert server is not None and server.status()["dsn"] == dsn
 
 
-def test_default_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("BILLING_HOME", "/srv/billing")
     assert pgserver.default_data_dir() == Path("/srv/billing/pg")
     monkeypatch.delenv("BILLING_HOME")
+    open_dir = Path("/tmp") / f"billing-open-{os.getpid()}"
+    open_dir.mkdir(mode=0o755, exist_ok=True)
+    monkeypatch.chdir(open_dir)
     assert pgserver.default_data_dir() == Path("var/pg")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="the fallback applies when the server runs as another user"
+)
+def test_default_data_dir_leaves_a_private_checkout_as_root(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("BILLING_HOME", raising=False)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    monkeypatch.chdir(private)
+    chosen = pgserver.default_data_dir()
+    assert chosen.parts[:3] == ("/", "var", "tmp") and chosen.name == "pg"
+    monkeypatch.chdir(tmp_path)
+    assert pgserver.default_data_dir() != chosen  # one data directory per checkout
 
 
 def test_db_command_up_status_down(base_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
