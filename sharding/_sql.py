@@ -24,6 +24,14 @@ SQL_LOAD_ANSWERS = (
     b" WHERE vshard = ANY(%s) AND committed_at >= now() - %s"
     b" ORDER BY committed_at, idempotency_key"
 )
+# Which of the given (vshard, idempotency key) pairs were applied already: the stored answer if
+# the answers table still holds it, and whether the journal has lines for it (it never forgets).
+SQL_APPLIED_KEYS = (
+    b"SELECT k.vshard, k.key, a.kind, a.answer,"
+    b" EXISTS (SELECT 1 FROM journal j WHERE j.vshard = k.vshard AND j.idempotency_key = k.key)"
+    b" FROM unnest(%s::integer[], %s::text[]) AS k(vshard, key)"
+    b" LEFT JOIN answers a ON a.vshard = k.vshard AND a.idempotency_key = k.key"
+)
 SQL_JOURNAL = JOURNAL.insert_sql(upsert=False).encode()
 SQL_SUBSCRIBERS = SUBSCRIBERS.insert_sql(upsert=True).encode()
 SQL_ACCOUNTS = ACCOUNTS.insert_sql(upsert=True).encode()

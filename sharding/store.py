@@ -27,6 +27,7 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
 
+from billing.protocol import BalanceResult, CreditControlAnswer
 from billing.state import Bucket, Changes, ShardState
 from sharding import _sql as q
 from sharding._rows import (
@@ -441,6 +442,40 @@ class Store:
         for v in touched:
             if found.get(v) != epochs[v]:
                 raise NotOwner(v, epochs[v], found.get(v))
+
+    # -- idempotency keys already applied --------------------------------------------------------
+
+    async def applied_answers(
+        self, keys: Sequence[tuple[int, str]]
+    ) -> dict[tuple[int, str], CreditControlAnswer | BalanceResult | None]:
+        """Which of ``keys`` ((vshard, idempotency key) pairs) were committed already.
+
+        Maps each applied key to its stored answer (a credit-control answer or a balance
+        result, read regardless of the load horizon), or to None when the journal has the key
+        but the answers table no longer does (pruned): the request was applied and must never
+        be applied again (invariant 3), but its original answer cannot be given. Keys never
+        applied are absent. A fresh read (its own transaction): the owner calls it after a
+        commit failed with :class:`DuplicateKey`, or before applying a suspected retransmission.
+        """
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        found: dict[tuple[int, str], CreditControlAnswer | BalanceResult | None] = {}
+        async with self._tx("reading applied keys") as conn:
+            await conn.execute("SET TRANSACTION READ ONLY")
+            cur = await conn.execute(
+                q.SQL_APPLIED_KEYS, ([v for v, _ in wanted], [k for _, k in wanted])
+            )
+            rows = await cur.fetchall()
+        for vshard, key, kind, text, journaled in rows:
+            ident = (int(vshard), str(key))
+            if kind == "cc":
+                found[ident] = decode_answer(text)
+            elif kind == "balance":
+                found[ident] = decode_balance_result(text)
+            elif journaled:
+                found[ident] = None
+        return found
 
     # -- answers housekeeping ----------------------------------------------------------------------
 
