@@ -626,6 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         try:
+            if args.otel is not None:  # the flag wins; Ray workers read the variable
+                os.environ[telemetry.ENV] = args.otel
             telemetry.setup(args.otel, service_name=f"billing-{args.command}")
         except ValueError as error:
             raise UsageError(str(error)) from None
