@@ -34,7 +34,7 @@ import gc
 import logging
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,6 +45,7 @@ import ray
 from actors._apply import InternalError, JoinRemote, Step, apply_one
 from actors.compact import Directory
 from actors.messages import (
+    FAILED_PRECONDITION,
     INTERNAL,
     INVALID_ARGUMENT,
     Answered,
@@ -62,12 +63,13 @@ from actors.messages import (
     SubscriberView,
     Unavailable,
 )
+from billing.protocol import BalanceResult, CreditControlAnswer, RequestType
 from billing.sessions import prune_answers, release_orphans
 from billing.state import Account, Changes, ShardState, Subscriber
 from billing.tariff import Catalog, builtin_catalog, load_plan
 from sharding.shardmap import ShardMap
+from sharding.store import DuplicateKey, Store
 from sharding.store import NotOwner as StoreNotOwner
-from sharding.store import Store
 from sharding.vshard import vshard_of
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ MANAGER_NAME = "billing-shard-manager"
 OWNER_PREFIX = "billing-owner-"
 _REQUEST_TYPES = (ChargeRequest, ProvisionRequest, BalanceRequest, QueryRequest)
 _REJECTS_KEPT = 200
+_GONE_KEPT = 10_000  # keys known applied whose answers are gone (refused without a DB trip)
 
 
 def owner_name(index: int) -> str:
@@ -184,6 +187,8 @@ class ShardOwner:
         self._needs_load = True
         self._reload_vshards: set[int] = set()  # touched by a failed commit: reload before serving
         self._recheck_map = False  # lost a vshard to a stale epoch: ask the manager
+        # Idempotency keys known applied whose answers are no longer retained -> the refusal.
+        self._gone: OrderedDict[str, str] = OrderedDict()
         self._closing = False
         self._last_error = ""
         self._load_seconds = 0.0
@@ -635,7 +640,39 @@ class ShardOwner:
         )
 
     async def _process(self, jobs: list[_Job]) -> None:
+        """Apply and commit a group of jobs; then resolve their callers.
+
+        A commit refused for a repeated idempotency key (:class:`DuplicateKey`: a retransmission
+        whose answer this owner no longer remembers was applied again) must not poison the
+        batch: the owner asks the store which keys were applied, remembers their original
+        answers (or that they are gone), reloads the touched vshards and applies the batch once
+        more, so the retransmission gets its original answer and moves nothing, and the innocent
+        requests commit.
+        """
+        suspects = self._suspects(jobs)
+        if suspects:
+            with contextlib.suppress(Exception):  # only a shortcut: the commit still refuses
+                await self._learn_applied(suspects)
+        results, error = await self._apply_and_commit(jobs)
+        if (
+            error is not None
+            and error.duplicate is not None
+            and await self._recover_duplicate(error.duplicate)
+        ):
+            results, error = await self._apply_and_commit(jobs)
+        if error is not None:
+            results = [
+                [_after_failure(r, error, item) for r, item in zip(rs, job.items, strict=True)]
+                for rs, job in zip(results, jobs, strict=True)
+            ]
+        for job, replies in zip(jobs, results, strict=True):
+            self._resolve(job, replies)
+
+    async def _apply_and_commit(
+        self, jobs: list[_Job]
+    ) -> tuple[list[list[OwnerReply]], _CommitError | None]:
         step = self._step(_utcnow())
+        gone = self._gone
         results: list[list[OwnerReply]] = []
         failed: str | None = None
         for job in jobs:
@@ -644,6 +681,11 @@ class ShardOwner:
                 if failed is not None:
                     replies.append(Unavailable(failed))
                     continue
+                if gone:
+                    key = _idempotency_key(item)
+                    if key is not None and key in gone:
+                        replies.append(Rejected(FAILED_PRECONDITION, "idempotency_key", gone[key]))
+                        continue
                 try:
                     replies.append(apply_one(step, item))
                 except InternalError as exc:
@@ -654,16 +696,83 @@ class ShardOwner:
         if failed is not None:
             self._state.take_changes()
             self._invalidate(failed)
-            results = [[_unacknowledged(r, failed) for r in rs] for rs in results]
-        else:
-            error = await self._commit()
-            if error is not None:
-                results = [
-                    [_after_failure(r, error, item) for r, item in zip(rs, job.items, strict=True)]
-                    for rs, job in zip(results, jobs, strict=True)
-                ]
-        for job, replies in zip(jobs, results, strict=True):
-            self._resolve(job, replies)
+            return [[_unacknowledged(r, failed) for r in rs] for rs in results], None
+        return results, await self._commit()
+
+    def _suspects(self, jobs: list[_Job]) -> list[tuple[int, str]]:
+        """Charging requests that may be retransmissions this owner does not remember the answer
+        of: flagged as one, or an UPDATE/TERMINATION of a session not held (ended, or its answers
+        not reloaded) or numbered below what the session has seen. Their keys are looked up in
+        the store before applying; a normal request costs no database round trip."""
+        state = self._state
+        sessions = state.sessions
+        answers = state.answers
+        found: list[tuple[int, str]] = []
+        for job in jobs:
+            for item in job.items:
+                if isinstance(item, ChargeRequest):
+                    request = item.request
+                    subscriber = state.subscribers.get(request.subscriber_id)
+                    account_vshard = None if subscriber is None else subscriber.account_vshard
+                elif isinstance(item, Forwarded) and isinstance(item.request, ChargeRequest):
+                    request = item.request.request
+                    account_vshard = item.subscriber.account_vshard
+                else:
+                    continue
+                kind = request.request_type
+                if not request.retransmission:
+                    if kind is not RequestType.UPDATE and kind is not RequestType.TERMINATION:
+                        continue
+                    session = sessions.get(request.session_id)
+                    if session is not None:
+                        if request.request_number >= session.next_request_number:
+                            continue
+                        account_vshard = session.vshard
+                key = request.idempotency_key
+                if account_vshard is None or key in answers or key in self._gone:
+                    continue
+                found.append((account_vshard, key))
+        return found
+
+    async def _learn_applied(self, keys: Sequence[tuple[int, str]]) -> int:
+        """Ask the store which of ``keys`` were applied; remember their original answers (the
+        domain then answers a repeat with them and moves nothing), or that the answer is no
+        longer retained (the request is refused, never applied again). Returns how many."""
+        found = await self._store.applied_answers(keys)
+        state = self._state
+        now = _utcnow()
+        for (_, key), answer in found.items():
+            if isinstance(answer, CreditControlAnswer):
+                state.answers[key] = answer
+            elif isinstance(answer, BalanceResult):
+                state.balance_results[key] = answer
+            else:
+                self._gone[key] = (
+                    f"request {key!r} was already applied; its answer is no longer retained"
+                )
+                while len(self._gone) > _GONE_KEPT:
+                    self._gone.popitem(last=False)
+                continue
+            state.answer_log.append((now, key))  # pruned again by the retention horizon
+        return len(found)
+
+    async def _recover_duplicate(self, changes: Changes) -> bool:
+        """After a commit refused a repeated key: reload the touched vshards (their memory holds
+        the refused effects), then learn the applied keys' answers. True if the batch may be
+        applied again; False leaves it Unavailable (the reload is then retried before serving)."""
+        keys = {(e.vshard, e.idempotency_key) for e in changes.journal}
+        keys.update((v, k) for k, (v, _) in changes.answers.items())
+        keys.update((v, k) for k, (v, _) in changes.balance_results.items())
+        try:
+            if self._reload_vshards:
+                await self._reload_touched()
+            learned = await self._learn_applied(sorted(keys))
+        except Exception as exc:
+            log.warning("%s: resolving a repeated key failed: %s", self._name, exc)
+            return False
+        if not learned:
+            log.error("%s: commit refused a repeated key the store does not report", self._name)
+        return learned > 0 and not self._reload_vshards and not self._needs_load
 
     async def _commit(self) -> _CommitError | None:
         """Commit what the step changed in ONE transaction; on failure invalidate the state."""
@@ -681,7 +790,13 @@ class ShardOwner:
         except Exception as exc:
             why = f"commit failed, nothing acknowledged: {type(exc).__name__}: {exc}"
             self._discard(changes, why, lost=None)
-            return _CommitError(why, None, self._map_version(), self._vshard_count())
+            return _CommitError(
+                why,
+                None,
+                self._map_version(),
+                self._vshard_count(),
+                changes if isinstance(exc, DuplicateKey) else None,
+            )
         self._commits += 1
         self._directory.freeze(touched, keep=self._guests)  # committed and idle: pack them
         return None
@@ -826,6 +941,7 @@ class _CommitError:
     lost_vshard: int | None
     map_version: int
     vshard_count: int
+    duplicate: Changes | None = None  # the refused changes, when a key was repeated
 
 
 def _touched(changes: Changes) -> set[int]:
@@ -839,6 +955,17 @@ def _touched(changes: Changes) -> set[int]:
     vshards.update(v for v, _ in changes.answers.values())
     vshards.update(v for v, _ in changes.balance_results.values())
     return vshards
+
+
+def _idempotency_key(item: Item) -> str | None:
+    """The idempotency key of a money-moving request (None for the others)."""
+    if isinstance(item, Forwarded):
+        return _idempotency_key(item.request)
+    if isinstance(item, ChargeRequest):
+        return item.request.idempotency_key
+    if isinstance(item, BalanceRequest):
+        return item.command.idempotency_key
+    return None
 
 
 def _unacknowledged(reply: OwnerReply, why: str) -> OwnerReply:
