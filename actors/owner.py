@@ -712,26 +712,32 @@ class ShardOwner:
             for item in job.items:
                 if isinstance(item, ChargeRequest):
                     request = item.request
-                    subscriber = state.subscribers.get(request.subscriber_id)
-                    account_vshard = None if subscriber is None else subscriber.account_vshard
                 elif isinstance(item, Forwarded) and isinstance(item.request, ChargeRequest):
                     request = item.request.request
-                    account_vshard = item.subscriber.account_vshard
                 else:
                     continue
-                kind = request.request_type
+                vshard: int | None = None
                 if not request.retransmission:
+                    kind = request.request_type
                     if kind is not RequestType.UPDATE and kind is not RequestType.TERMINATION:
-                        continue
+                        continue  # the normal INITIAL / EVENT: no lookup
                     session = sessions.get(request.session_id)
                     if session is not None:
                         if request.request_number >= session.next_request_number:
-                            continue
-                        account_vshard = session.vshard
+                            continue  # the normal UPDATE / TERMINATION: no lookup
+                        vshard = session.vshard
                 key = request.idempotency_key
-                if account_vshard is None or key in answers or key in self._gone:
+                if key in answers or key in self._gone:
                     continue
-                found.append((account_vshard, key))
+                if vshard is None:  # answers live on the account's vshard
+                    if isinstance(item, Forwarded):
+                        vshard = item.subscriber.account_vshard
+                    else:
+                        subscriber = state.subscribers.get(request.subscriber_id)
+                        if subscriber is None:
+                            continue
+                        vshard = subscriber.account_vshard
+                found.append((vshard, key))
         return found
 
     async def _learn_applied(self, keys: Sequence[tuple[int, str]]) -> int:
