@@ -30,6 +30,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
@@ -319,6 +320,7 @@ class Dispatcher:
                 if last_unavailable:
                     raise NoDurableAnswer(last_unavailable)
                 raise DeadlineExceeded("deadline exceeded before the owner answered")
+            sent_version = self.shard_map.version
             owner = self.owner_for(key)
             try:
                 future = self._batcher(owner).submit(request)
@@ -344,9 +346,11 @@ class Dispatcher:
                     raise NoDurableAnswer(
                         f"vshard {reply.vshard} has no settled owner after {not_owner} tries"
                     )
+                if self.shard_map.version > sent_version:
+                    continue  # someone already fetched a newer map while this was in flight
                 try:
                     await asyncio.wait_for(
-                        self.refresh_map(max(reply.map_version, self.shard_map.version + 1)),
+                        self.refresh_map(max(reply.map_version, sent_version + 1)),
                         max(deadline - loop.time(), 0.001),
                     )
                 except TimeoutError:
@@ -419,32 +423,6 @@ class ChargingService(pb_grpc.ChargingServicer):
         self._dispatcher = dispatcher
         self._telemetry = telemetry or current_telemetry()
 
-    async def _charge(
-        self, msg: pb.CreditControlRequest, timeout_s: float | None, method: str
-    ) -> pb.CreditControlAnswer:
-        """One request to an answer message; failures become answers with result codes."""
-        started = time.perf_counter()
-        try:
-            request = convert.request_from_proto(msg)
-        except ValidationError as error:
-            answer = convert.error_answer(
-                msg.session_id, msg.request_number, error.result_code, str(error)
-            )
-        else:
-            try:
-                reply = await self._dispatcher.call(ChargeRequest(request), timeout_s)
-            except DispatchError as error:
-                answer = convert.error_answer(
-                    request.session_id, request.request_number, error.result, str(error)
-                )
-            else:
-                answer = convert.answer_to_proto(self._answer_of(request, reply))
-        if self._telemetry.enabled:
-            self._telemetry.request_done(
-                method, str(answer.result_code), time.perf_counter() - started
-            )
-        return answer
-
     async def _charge_many(
         self, msgs: list[pb.CreditControlRequest], timeout_s: float | None
     ) -> list[pb.CreditControlAnswer]:
@@ -474,6 +452,7 @@ class ChargingService(pb_grpc.ChargingServicer):
             first.append((index, request, future))
         budget = self._dispatcher.request_timeout_s if timeout_s is None else timeout_s
         newest = 0
+        sent_version = self._dispatcher.shard_map.version
         if first:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(budget):
@@ -498,11 +477,9 @@ class ChargingService(pb_grpc.ChargingServicer):
             else:
                 self._dispatcher.stats.unavailable_retries += 1
             retry.append((index, request))
-        if newest:  # a vshard moved: fetch the newer map once for all of them
-            with contextlib.suppress(Exception):
-                await self._dispatcher.refresh_map(
-                    max(newest, self._dispatcher.shard_map.version + 1)
-                )
+        if newest and self._dispatcher.shard_map.version <= sent_version:
+            with contextlib.suppress(Exception):  # a vshard moved: one fetch for all of them
+                await self._dispatcher.refresh_map(max(newest, sent_version + 1))
         if retry:
             remaining = max(budget - (time.perf_counter() - started), 0.001)
             retried = await asyncio.gather(
@@ -529,6 +506,12 @@ class ChargingService(pb_grpc.ChargingServicer):
                 request.session_id, request.request_number, error.result, str(error)
             )
         return convert.answer_to_proto(self._answer_of(request, reply))
+
+    def _request_budget(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        """One streamed request's time: the server's bound, or less if the stream ends sooner."""
+        remaining = _timeout(context)
+        bound = self._dispatcher.request_timeout_s
+        return bound if remaining is None else min(remaining, bound)
 
     @staticmethod
     def _answer_of(
@@ -581,26 +564,99 @@ class ChargingService(pb_grpc.ChargingServicer):
         request_iterator: AsyncIterator[pb.CreditControlRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.CreditControlAnswer]:
-        """Answers in completion order; at most STREAM_IN_FLIGHT_MAX requests in flight."""
+        """Answers in completion order; at most STREAM_IN_FLIGHT_MAX requests in flight.
+
+        The first attempt costs no task: the request goes straight into its owner's batcher and
+        a callback delivers the answer (a timer bounds it by the deadline). Only NotOwner or
+        Unavailable replies take the retrying path of :meth:`Dispatcher.call`.
+        """
+        loop = asyncio.get_running_loop()
         outbox: asyncio.Queue[pb.CreditControlAnswer | None] = asyncio.Queue()
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT_MAX)
         pending: set[asyncio.Task[None]] = set()
+        telemetry = self._telemetry
 
-        async def one(msg: pb.CreditControlRequest) -> None:
+        def deliver(answer: pb.CreditControlAnswer, started: float) -> None:
+            outbox.put_nowait(answer)
+            slots.release()
+            if telemetry.enabled:
+                telemetry.request_done(
+                    "CreditControlStream", str(answer.result_code), time.perf_counter() - started
+                )
+
+        async def retry(request: CreditControlRequest, started: float, budget: float) -> None:
+            remaining = max(budget - (time.perf_counter() - started), 0.001)
+            deliver(await self._charge_domain(request, remaining), started)
+
+        def spawn_retry(request: CreditControlRequest, started: float, budget: float) -> None:
+            task = asyncio.create_task(retry(request, started, budget))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        def on_reply(
+            request: CreditControlRequest,
+            started: float,
+            budget: float,
+            timer: asyncio.TimerHandle,
+            future: asyncio.Future[OwnerReply],
+        ) -> None:
+            timer.cancel()
+            if future.cancelled():  # the deadline passed before the owner answered
+                deliver(
+                    convert.error_answer(
+                        request.session_id,
+                        request.request_number,
+                        ResultCode.UNABLE_TO_COMPLY,
+                        "deadline exceeded waiting for the owner; retry with the same request",
+                    ),
+                    started,
+                )
+                return
+            reply = future.result()
+            if isinstance(reply, (Answered, Rejected)):
+                try:
+                    answer = convert.answer_to_proto(self._answer_of(request, reply))
+                except Exception as error:  # a bug must not leave the stream waiting forever
+                    log.exception("answer for %s could not be built", request.idempotency_key)
+                    answer = convert.error_answer(
+                        request.session_id,
+                        request.request_number,
+                        ResultCode.UNABLE_TO_COMPLY,
+                        f"internal error: {type(error).__name__}",
+                    )
+                deliver(answer, started)
+                return
+            if isinstance(reply, NotOwner):
+                self._dispatcher.stats.not_owner_retries += 1
+            else:
+                self._dispatcher.stats.unavailable_retries += 1
+            spawn_retry(request, started, budget)
+
+        def start(msg: pb.CreditControlRequest, budget: float) -> None:
+            started = time.perf_counter()
             try:
-                outbox.put_nowait(await self._charge(msg, _timeout(context), "CreditControlStream"))
-            finally:
-                slots.release()
+                request = convert.request_from_proto(msg)
+            except ValidationError as error:
+                answer = convert.error_answer(
+                    msg.session_id, msg.request_number, error.result_code, str(error)
+                )
+                deliver(answer, started)
+                return
+            try:
+                future = self._dispatcher.submit_once(ChargeRequest(request))
+            except DispatchError:
+                spawn_retry(request, started, budget)
+                return
+            timer = loop.call_later(budget, future.cancel)
+            future.add_done_callback(partial(on_reply, request, started, budget, timer))
 
         async def reader() -> None:
             try:
                 async for msg in request_iterator:
                     await slots.acquire()
-                    task = asyncio.create_task(one(msg))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                while pending:
-                    await asyncio.gather(*list(pending), return_exceptions=True)
+                    start(msg, self._request_budget(context))
+                for _ in range(STREAM_IN_FLIGHT_MAX):  # every answer delivered
+                    await slots.acquire()
             finally:
                 outbox.put_nowait(None)
 
@@ -626,8 +682,8 @@ class ChargingService(pb_grpc.ChargingServicer):
 
         async def one(batch: pb.CreditControlRequestBatch, size: int) -> None:
             try:
-                timeout_s = _timeout(context)
-                answers = await self._charge_many(list(batch.requests), timeout_s)
+                budget = self._request_budget(context)
+                answers = await self._charge_many(list(batch.requests), budget)
                 outbox.put_nowait(pb.CreditControlAnswerBatch(answers=answers))
             finally:
                 for _ in range(size):

@@ -253,7 +253,9 @@ def test_full_queue_is_resource_exhausted_and_batches_form_while_one_is_in_fligh
             assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             owners.gate.set()
             answers = await asyncio.gather(*calls)
-            assert {a.result_code for a in answers} == {pb.RESULT_CODE_SUCCESS}
+            assert {a.result_code for a in answers} == {pb.RESULT_CODE_SUCCESS}, [
+                a.error_message for a in answers if a.error_message
+            ]
             assert [len(batch) for _, batch in owners.batches] == [1, 3]
 
     run(scenario)
@@ -338,6 +340,40 @@ def test_batch_stream_answers_in_order_through_retries_and_bad_requests() -> Non
             assert all(c == pb.RESULT_CODE_SUCCESS for i, c in enumerate(codes) if i != 7)
             assert door.dispatcher.stats.not_owner_retries > 0
             assert door.dispatcher.stats.unavailable_retries > 0
+
+    run(scenario)
+
+
+def test_stream_retries_not_owner_and_unavailable_and_bounds_by_the_deadline() -> None:
+    async def scenario() -> None:
+        owners = FakeOwners(balanced_map(64, ["o0", "o1"]))
+        flaky = {"left": 2}
+
+        def script(owner: str, request: OwnerRequest) -> OwnerReply | None:
+            if flaky["left"] > 0 and owner == "o0":
+                flaky["left"] -= 1
+                return Unavailable("commit failed")
+            return None
+
+        owners.script = script
+        async for door, channel in _serve(owners, request_timeout_s=0.5):
+            owners.map = ShardMap.from_dict(2, 64, {v: "o0" if v < 32 else "o1" for v in range(64)})
+            stub = pb_grpc.ChargingStub(channel)
+            messages = [_request(f"s{i}", f"r{i}") for i in range(40)]
+            answers = [a async for a in stub.CreditControlStream(iter(messages), timeout=10)]
+            assert sorted(a.session_id for a in answers) == sorted(m.session_id for m in messages)
+            assert {a.result_code for a in answers} == {pb.RESULT_CODE_SUCCESS}, [
+                a.error_message for a in answers if a.error_message
+            ]
+            assert door.dispatcher.stats.not_owner_retries > 0
+            assert door.dispatcher.stats.unavailable_retries > 0
+            # An owner that never answers: every request is answered at its deadline, the
+            # stream ends.
+            owners.gate = asyncio.Event()
+            late = [a async for a in stub.CreditControlStream(iter(messages[:5]), timeout=10)]
+            assert len(late) == 5
+            assert {a.result_code for a in late} == {pb.RESULT_CODE_UNABLE_TO_COMPLY}
+            owners.gate.set()
 
     run(scenario)
 
