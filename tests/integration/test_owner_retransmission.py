@@ -172,3 +172,21 @@ def test_duplicate_whose_answer_is_gone_is_refused_not_applied_and_poisons_nothi
             assert balance(handles, a) == before - fresh.cost_micros
             before -= fresh.cost_micros
         assert {k: journal_lines(pg_dsn, k) for k in lines} == lines
+
+
+def test_retransmission_after_a_reload_that_did_not_bring_its_answer_back(
+    ray_cluster: Any, pg_dsn: str
+) -> None:
+    a = "4917100004"
+    with running_cluster(pg_dsn, **CONFIG) as handles:
+        answered(provision(handles, a, balance=10_000_000))
+        [credit] = submit(handles, [topup(a, "top-5")])
+        [debit] = submit(handles, [sms("e-5", a)])
+    time.sleep(1.5)  # past the load horizon (answer_retention_s): a new owner loads no answers
+    with running_cluster(pg_dsn, **CONFIG) as handles:
+        assert handles.statuses()[0].answers == 0
+        before = balance(handles, a)
+        replies = once(handles, [sms("e-5", a, retransmission=True), topup(a, "top-5")])
+        assert replies == [debit, credit]
+        assert balance(handles, a) == before
+    assert journal_lines(pg_dsn, "top-5") == 1
