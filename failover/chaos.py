@@ -140,6 +140,7 @@ class ChaosCluster:
         self.settings = Settings.from_env()  # RAY_health_check_* etc. from the environment
         self.pg: Any = None
         self.dsn = ""
+        self.pg_port = 0
         self.cluster: Any = None
         self.nodes: list[Any] = []  # worker nodes alive, in the order added
         self.node_owners: dict[str, list[str]] = {}  # node id -> owner names started there
@@ -161,6 +162,7 @@ class ChaosCluster:
         self.workdir.chmod(0o755)
         self.pg = EmbeddedPostgres(data)
         self.dsn = self.pg.start()
+        self.pg_port = int(self.pg.status()["port"])
 
     def start_ray(self) -> None:
         import ray
@@ -384,21 +386,32 @@ class ChaosCluster:
         new port when the old one still has TIME_WAIT sockets (its bind probe lacks
         SO_REUSEADDR), which would leave every owner pool pointing at a dead port.
         """
-        port = int(self.pg.status()["port"])
         pg_ctl = str(self.pg.bindir / "pg_ctl")
         data = str(self.pg.data_dir)
         await asyncio.to_thread(
             self.pg._run, [pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], timeout_s=60
         )
         await asyncio.sleep(down_ms / 1000)
-        done = await asyncio.to_thread(
-            self.pg._run,
-            [pg_ctl, "-D", data, "-l", str(self.pg.log_path), "-o", f"-p {port}", "-w", "start"],
-            timeout_s=120,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"PostgreSQL did not restart on port {port}: {done.stderr[-500:]}")
-        return time.monotonic()
+        return await self.start_postgres(self.pg_port)
+
+    async def start_postgres(self, port: int | None = None) -> float:
+        """Start the stopped database on its port again (a no-op when it runs)."""
+        if self.pg.status()["running"]:
+            return time.monotonic()
+        port = port or self.pg_port
+        pg_ctl = str(self.pg.bindir / "pg_ctl")
+        data = str(self.pg.data_dir)
+        start = [pg_ctl, "-D", data, "-l", str(self.pg.log_path), "-o", f"-p {port}", "-w", "start"]
+        error = ""
+        for _attempt in range(5):
+            # Forking this many-threaded process (gRPC, Ray) to exec pg_ctl occasionally crashes
+            # the child before exec: try again rather than leave the database down for good.
+            done = await asyncio.to_thread(self.pg._run, start, timeout_s=120)
+            if done.returncode == 0 or self.pg.status()["running"]:
+                return time.monotonic()
+            error = done.stderr[-300:]
+            await asyncio.sleep(0.5)
+        raise RuntimeError(f"PostgreSQL did not restart on port {port}: {error}")
 
     async def kill_door(self, pick: int) -> int:
         from cluster.bootstrap import start_frontdoor
@@ -545,6 +558,7 @@ class Harness:
                 self.result.takeovers = await chaos.monitor.actor.events.remote()
                 self.result.monitor_status = await chaos.monitor.actor.status.remote()
             await self._settle(chaos)
+            await chaos.start_postgres()  # in case a restart fault left it down
             if self.options.tamper:
                 await asyncio.to_thread(_tamper, chaos.dsn)
             self.say("auditing the journal against every answer...")
