@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -75,7 +76,10 @@ class OtelTelemetry(Telemetry):
             from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
             from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-            span_exporter, metric_exporter = ConsoleSpanExporter(), ConsoleMetricExporter()
+            # The exporters' default stream is bound when their module is first imported;
+            # pass the current one so redirected output (tests, log capture) gets the records.
+            span_exporter = ConsoleSpanExporter(out=sys.stdout)
+            metric_exporter = ConsoleMetricExporter(out=sys.stdout)
         else:
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
