@@ -402,8 +402,11 @@ def charge(
     return apply_usage(funds, poster, terms, rating_group, priced)
 
 
-def _steady_since(plan: Plan, service: ServiceKind, start: datetime, until: datetime) -> datetime:
-    """Refresh the memo for ``(plan, service)`` so it decides ``(start, until)``; return its ``s0``.
+def _steady_since(
+    plan: Plan, service: ServiceKind, start: datetime, until: datetime
+) -> tuple[datetime, datetime | None]:
+    """Refresh the memo for ``(plan, service)`` so it decides ``(start, until)``; return its
+    ``s0`` and its first switch (or None).
 
     The memo holds one answer of ``rating.next_tariff_switch`` over a long window
     ``(s0, s0 + 6 h)``: its first switch (or none). No switch lies in ``(s0, first)``.
@@ -413,13 +416,13 @@ def _steady_since(plan: Plan, service: ServiceKind, start: datetime, until: date
     if known is not None and known[0] is plan:
         _, since, horizon, first = known
         if since <= start and (start < first if first is not None else until <= horizon):
-            return since
+            return since, first
     horizon = max(start + _SWITCH_HORIZON, until)
     first = next_tariff_switch(plan, service, start, horizon)
     if len(_SWITCHES) > 4096:
         _SWITCHES.clear()
     _SWITCHES[key] = (plan, start, horizon, first)
-    return start
+    return start, first
 
 
 def tariff_switch(
@@ -431,8 +434,7 @@ def tariff_switch(
     switch, while ``until`` stays inside its window) the answer for ``(start, until)`` follows
     exactly, because no switch lies in ``(s0, first)``.
     """
-    _steady_since(plan, service, start, until)
-    first = _SWITCHES[(plan.plan_id, service)][3]
+    first = _steady_since(plan, service, start, until)[1]
     return first if first is not None and start < first < until else None
 
 
@@ -450,9 +452,8 @@ def worst_price(
     plan = funds.plan
     service = terms.service
     span = terms.validity_time_s + (units if terms.unit == "time_s" else 0) + 2
-    until = now + timedelta(seconds=span)
-    since = _steady_since(plan, service, now, until)
-    first = _SWITCHES[(plan.plan_id, service)][3]
+    until = now + _span(span)
+    since, first = _steady_since(plan, service, now, until)
     steady = first is None or first >= until
     key = (plan.plan_id, service, since, rating_group, funds.destination, funds.visited_plmn, units)
     if steady:

@@ -49,6 +49,7 @@ _UNIT_MAKERS = {
     "service_units": lambda n: Units(service_units=n),
     "money_micros": lambda n: Units(money_micros=n),
 }
+_ONE_SECOND = timedelta(seconds=1)
 _TERMINATION = RequestType.TERMINATION
 _AFTER = TariffChangeUsage.AFTER
 _ = ReportingReason  # reporting reasons are informational: every report is charged alike
@@ -191,7 +192,7 @@ def session_entry(
             error_message=f"nothing of rating group {key} can be granted: funds exhausted",
         )
     session.reservations[key] = reservation
-    validity = int((reservation.expires_at - now).total_seconds())
+    validity = (reservation.expires_at - now) // _ONE_SECOND  # whole seconds, as granted
     switch_at = tariff_switch(funds.plan, terms.service, now, reservation.expires_at)
     reservation.tariff_switch_at = switch_at
     final = None
