@@ -63,6 +63,7 @@ class ShardManager:
         self._owners = tuple(owners)
         self._vshard_count = vshard_count
         self._namespace = namespace
+        self._dsn = dsn
         self._store = Store(dsn, min_size=1, max_size=2)
         self._store_open = False
         self._map: ShardMap | None = None
@@ -160,6 +161,10 @@ class ShardManager:
             "owners": {n: len(current.vshards_of(n)) for n in current.owners} if current else {},
             "last_error": self._last_error,
         }
+
+    async def owner_dsn(self) -> str:
+        """The DSN owners use: cluster/scaleout.py starts owners on a joining node with it."""
+        return self._dsn
 
     async def set_owners(self, owners: Sequence[str]) -> ShardMap:
         """Rebalance over ``owners`` moving the fewest vshards (scale-out, scale-in, loss)."""

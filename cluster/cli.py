@@ -8,6 +8,7 @@
     billing load         the load generator against any front door address
     billing db           up | down | status of the embedded PostgreSQL
     billing plans        list | show NAME | copy NAME FILE: the built-in tariff templates
+    billing cluster      status | rebalance | drain NODE: nodes, owners, vshards; scale out/in
 
 Expected failures (no PostgreSQL binaries, no cluster to join, a port in use, bad arguments)
 print one clear line and exit non-zero; tracebacks are for bugs.
@@ -125,14 +126,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def join_address(explicit: str | None) -> str:
+    """The Ray cluster to join: ``explicit``, else $RAY_ADDRESS, else the address ``billing
+    serve`` recorded here, else ``auto``."""
+    address = explicit or os.environ.get("RAY_ADDRESS")
+    if not address and _address_file().exists():
+        address = _address_file().read_text().strip()  # written by `billing serve` here
+    return address or "auto"
+
+
 def cmd_frontdoor(args: argparse.Namespace) -> int:
     from cluster.bootstrap import init_ray
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if not address and _address_file().exists():
-        address = _address_file().read_text().strip()  # written by `billing serve` here
-    init_ray(address or "auto")
-    asyncio.run(_run_frontdoor(args, f"joined Ray at {address or 'auto'}"))
+    address = join_address(args.address)
+    init_ray(address)
+    asyncio.run(_run_frontdoor(args, f"joined Ray at {address}"))
     return 0
 
 
@@ -603,6 +611,10 @@ def build_parser() -> argparse.ArgumentParser:
     plans.add_argument("dest", nargs="?", help="copy: file to write (default stdout)")
     plans.add_argument("--force", action="store_true", help="copy: overwrite FILE")
     plans.set_defaults(run=cmd_plans)
+
+    from cluster.scaleout import add_parser as add_cluster_parser
+
+    add_cluster_parser(commands)  # billing cluster status | rebalance | drain NODE
 
     # Listed here for --help; main() hands `billing chaos ...` to failover.chaos, which owns its
     # options (engineer X, failover/).

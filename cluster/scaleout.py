@@ -1,0 +1,566 @@
+"""Elastic scale-out and scale-in: ``billing cluster status | rebalance | drain NODE``.
+
+- **status**: the Ray nodes (id, address, alive, resources), the owner actors (node, pid, ready,
+  vshards held, last error) and the shard map version.
+- **rebalance**: start owners on every live node that has fewer than ``BILLING_OWNERS_PER_NODE``
+  (each pinned to its node with a hard ``NodeAffinitySchedulingStrategy``: an owner lives and dies
+  with its node), then move their share of vshards to them in small rounds.
+- **drain NODE**: move every vshard away from the owners on NODE in small rounds, then stop those
+  owners, so the node can be removed without a failed request.
+
+A round is one :meth:`actors.manager.ShardManager.move`: the giving owners drop the round's
+vshards (their in-flight commit finishes first), the map is persisted and published, the taking
+owners bump the vshards' epochs and load them. A request for a moving vshard gets NotOwner and is
+retried by the front door at the new owner, which holds it for a bounded time while it loads: it
+waits, it does not fail. Epoch fencing (DESIGN.md invariant 5) keeps two owners from ever writing
+one vshard, whatever the map says. Which vshards move and in which rounds is pure planning in
+:mod:`failover.plan`; the pure helpers here only pick nodes and owner names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cluster.bootstrap import StartupError
+
+OWNER_NAME = re.compile(r"^billing-owner-(\d+)$")
+PER_ROUND_DEFAULT = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Values and pure helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One Ray node as the GCS reports it."""
+
+    node_id: str
+    address: str
+    alive: bool
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerInfo:
+    """One owner actor: where it runs (GCS) and what it holds (its own status, when it answers)."""
+
+    name: str
+    node_id: str
+    pid: int
+    state: str  # Ray actor state: ALIVE, RESTARTING, DEAD, ...
+    ready: bool
+    vshards: int  # vshards the map gives it
+    last_error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    map_version: int
+    vshard_count: int
+    nodes: tuple[NodeInfo, ...]
+    owners: tuple[OwnerInfo, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One finished move round: how many vshards, how long it took, the map version after it."""
+
+    index: int  # 1-based
+    rounds: int
+    vshards: int
+    seconds: float
+    map_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class MoveReport:
+    started_owners: tuple[str, ...]
+    stopped_owners: tuple[str, ...]
+    rounds: tuple[Round, ...]
+    map_version: int
+
+    @property
+    def moved(self) -> int:
+        return sum(r.vshards for r in self.rounds)
+
+
+def owners_to_start(
+    alive_nodes: Sequence[str], owners_on: Mapping[str, int], owners_per_node: int
+) -> dict[str, int]:
+    """Node id -> how many owners to start there so every live node has ``owners_per_node``."""
+    if owners_per_node < 1:
+        raise ValueError(f"owners_per_node={owners_per_node} must be >= 1")
+    wanted = {n: owners_per_node - owners_on.get(n, 0) for n in alive_nodes}
+    return {n: k for n, k in wanted.items() if k > 0}
+
+
+def new_owner_indices(taken: Collection[str], count: int) -> list[int]:
+    """``count`` owner indices above every index already used (live, dead or in the map).
+
+    Never reusing a name keeps a new owner from being confused with a dead one's history.
+    """
+    used = [int(m.group(1)) for name in taken if (m := OWNER_NAME.match(name))]
+    first = max(used, default=-1) + 1
+    return list(range(first, first + count))
+
+
+def match_node(nodes: Sequence[NodeInfo], spec: str) -> NodeInfo:
+    """The one node whose id or address starts with ``spec``; a clear error otherwise."""
+    if not spec:
+        raise StartupError("NODE is empty: give a node id or address (see billing cluster status)")
+    hits = [n for n in nodes if n.node_id.startswith(spec) or n.address.startswith(spec)]
+    exact = [n for n in hits if spec in (n.node_id, n.address)]
+    alive = [n for n in (exact or hits) if n.alive]
+    chosen = alive or exact or hits
+    if not chosen:
+        raise StartupError(f"no Ray node has an id or address starting with {spec!r}")
+    if len(chosen) > 1:
+        ids = ", ".join(f"{n.node_id[:12]} ({n.address})" for n in chosen)
+        raise StartupError(f"NODE {spec!r} matches several nodes: {ids}; give more of the id")
+    return chosen[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the cluster
+# ---------------------------------------------------------------------------------------------
+
+
+def list_nodes() -> list[NodeInfo]:
+    import ray
+
+    raw: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    nodes = [
+        NodeInfo(
+            node_id=str(n["NodeID"]),
+            address=str(n.get("NodeManagerAddress", "")),
+            alive=bool(n.get("Alive", False)),
+            resources={k: float(v) for k, v in (n.get("Resources") or {}).items()},
+        )
+        for n in raw
+    ]
+    # A node id can be reported twice (dead, then alive again): the live entry wins.
+    unique: dict[str, NodeInfo] = {}
+    for node in nodes:
+        if node.node_id not in unique or node.alive:
+            unique[node.node_id] = node
+    return sorted(unique.values(), key=lambda n: (not n.alive, n.address, n.node_id))
+
+
+def _manager(namespace: str) -> Any:
+    import ray
+
+    from actors.owner import MANAGER_NAME
+
+    try:
+        return ray.get_actor(MANAGER_NAME, namespace=namespace)
+    except ValueError:
+        raise StartupError(
+            f"no shard manager in Ray namespace {namespace!r}: is `billing serve` running on"
+            " this cluster (check --address)?"
+        ) from None
+
+
+def collect_status(namespace: str, *, timeout_s: float = 10.0) -> ClusterStatus:
+    """Nodes, owners and the map, read from the GCS, the manager and each live owner."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayError
+
+    from failover.takeover import actor_infos
+
+    shard_map = ray.get(_manager(namespace).get_map.remote(), timeout=timeout_s)
+    infos = actor_infos()
+    names = sorted(
+        {n for n, i in infos.items() if i.state != "DEAD"} | set(shard_map.owners),
+        key=_owner_key,
+    )
+    owners = []
+    for name in names:
+        info = infos.get(name)
+        ready, error = False, ""
+        if info is not None and info.state == "ALIVE":
+            try:
+                handle = ray.get_actor(name, namespace=namespace)
+                status: Any = ray.get(handle.status.remote(), timeout=timeout_s)
+                ready, error = status.ready, status.last_error
+            except (GetTimeoutError, RayError, ValueError) as exc:
+                error = f"status: {type(exc).__name__}"
+        owners.append(
+            OwnerInfo(
+                name=name,
+                node_id=info.node_id if info else "",
+                pid=info.pid if info else 0,
+                state=info.state if info else "UNKNOWN",
+                ready=ready,
+                vshards=len(shard_map.vshards_of(name)),
+                last_error=error,
+            )
+        )
+    return ClusterStatus(
+        map_version=shard_map.version,
+        vshard_count=shard_map.vshard_count,
+        nodes=tuple(list_nodes()),
+        owners=tuple(owners),
+    )
+
+
+def _owner_key(name: str) -> tuple[int, str]:
+    m = OWNER_NAME.match(name)
+    return (int(m.group(1)) if m else 1 << 30, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting on it
+# ---------------------------------------------------------------------------------------------
+
+
+def start_owners(
+    node_id: str, names: Sequence[str], namespace: str, *, ready_timeout_s: float = 120.0
+) -> list[Any]:
+    """Start owners pinned to ``node_id`` (hard affinity) with the manager's DSN; wait until up.
+
+    They hold no vshard yet (the map does not name them), so they are ready at once.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from actors.owner import OwnerConfig, owner_actor
+
+    dsn: str = ray.get(_manager(namespace).owner_dsn.remote(), timeout=30)
+    config = OwnerConfig(dsn=dsn, namespace=namespace)
+    handles = [
+        owner_actor()
+        .options(
+            name=name,
+            namespace=namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_task_retries=0,
+            num_cpus=0,
+            max_concurrency=1000,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        )
+        .remote(name, config)
+        for name in names
+    ]
+    for name, handle in zip(names, handles, strict=True):
+        if not ray.get(handle.ready.remote(ready_timeout_s), timeout=ready_timeout_s + 10):
+            raise StartupError(f"owner {name} on node {node_id[:12]} did not start")
+    return handles
+
+
+def move_in_rounds(
+    namespace: str,
+    target_of: Callable[[Any], Any],
+    per_round: int,
+    on_round: Callable[[Round], None] | None = None,
+) -> list[Round]:
+    """Move from the manager's current map to ``target_of(current)`` in rounds of ``per_round``.
+
+    The rounds come from :func:`failover.plan.rounds`; each is one manager ``move`` (drain,
+    epoch bump + load, publish), which returns once the takers have loaded.
+    """
+    import ray
+
+    from failover.plan import rounds
+    from sharding.shardmap import moved_vshards
+
+    manager = _manager(namespace)
+    current = ray.get(manager.get_map.remote(), timeout=30)
+    target = target_of(current)
+    steps = rounds(current, target, per_round) if target is not None else []
+    done: list[Round] = []
+    before = current
+    for index, step in enumerate(steps, start=1):
+        chunk = {v: new for v, (_old, new) in moved_vshards(before, step).items()}
+        started = time.perf_counter()
+        after = ray.get(manager.move.remote(chunk), timeout=300)
+        result = Round(index, len(steps), len(chunk), time.perf_counter() - started, after.version)
+        done.append(result)
+        if on_round is not None:
+            on_round(result)
+        before = step
+    return done
+
+
+def rebalance(
+    namespace: str,
+    owners_per_node: int,
+    per_round: int = PER_ROUND_DEFAULT,
+    *,
+    on_started: Callable[[str, list[str]], None] | None = None,
+    on_plan: Callable[[int], None] | None = None,
+    on_round: Callable[[Round], None] | None = None,
+) -> MoveReport:
+    """Start owners on under-filled live nodes, then balance the vshards over every live owner."""
+    import ray
+
+    from actors.owner import owner_name
+    from failover.plan import plan_join
+    from failover.takeover import actor_infos
+    from sharding.shardmap import moved_vshards
+
+    infos = actor_infos()
+    alive_nodes = [n.node_id for n in list_nodes() if n.alive]
+    counts: dict[str, int] = {}
+    for info in infos.values():
+        if info.state == "ALIVE" and info.node_id:
+            counts[info.node_id] = counts.get(info.node_id, 0) + 1
+    plan = owners_to_start(alive_nodes, counts, owners_per_node)
+    current = ray.get(_manager(namespace).get_map.remote(), timeout=30)
+    taken: set[str] = set(infos) | set(current.owners)
+    started: list[str] = []
+    for node_id, count in sorted(plan.items()):
+        names = [owner_name(i) for i in new_owner_indices(taken, count)]
+        taken.update(names)
+        start_owners(node_id, names, namespace)
+        started.extend(names)
+        if on_started is not None:
+            on_started(node_id, names)
+    live = {n for n, i in actor_infos().items() if i.state == "ALIVE"}
+    owners = sorted(set(current.owners) | live, key=_owner_key)
+
+    def target_of(now: Any) -> Any:
+        target = plan_join(now, owners)
+        if on_plan is not None:
+            on_plan(len(moved_vshards(now, target)) if target is not None else 0)
+        return target
+
+    done = move_in_rounds(namespace, target_of, per_round, on_round)
+    final = ray.get(_manager(namespace).get_map.remote(), timeout=30)
+    return MoveReport(tuple(started), (), tuple(done), final.version)
+
+
+def drain(
+    namespace: str,
+    node_spec: str,
+    per_round: int = PER_ROUND_DEFAULT,
+    *,
+    on_plan: Callable[[int], None] | None = None,
+    on_round: Callable[[Round], None] | None = None,
+) -> MoveReport:
+    """Move every vshard off the owners on the node ``node_spec`` names, then stop them."""
+    import ray
+
+    from failover.plan import plan_takeover
+    from failover.takeover import actor_infos
+    from sharding.shardmap import moved_vshards
+
+    node = match_node(list_nodes(), node_spec)
+    infos = actor_infos()
+    leaving = sorted(
+        (n for n, i in infos.items() if i.state != "DEAD" and i.node_id == node.node_id),
+        key=_owner_key,
+    )
+
+    def target_of(now: Any) -> Any:
+        try:
+            target = plan_takeover(now, leaving)
+        except ValueError as exc:
+            raise StartupError(
+                f"cannot drain node {node.node_id[:12]} ({node.address}): {exc};"
+                " add a node and run billing cluster rebalance first"
+            ) from None
+        if on_plan is not None:
+            on_plan(len(moved_vshards(now, target)) if target is not None else 0)
+        return target
+
+    done = move_in_rounds(namespace, target_of, per_round, on_round)
+    final = ray.get(_manager(namespace).get_map.remote(), timeout=30)
+    still = [n for n in leaving if final.vshards_of(n)]
+    if still:  # the map changed under us (a takeover): stopping them now would fail requests
+        raise StartupError(f"owners {still} still hold vshards after the drain; run it again")
+    for name in leaving:
+        stop_owner(name, namespace)
+    return MoveReport((), tuple(leaving), tuple(done), final.version)
+
+
+def stop_owner(name: str, namespace: str) -> None:
+    """Close an owner holding no vshard (its pool), then kill it for good (no restart)."""
+    import ray
+
+    try:
+        handle = ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return
+    with contextlib.suppress(Exception):
+        ray.get(handle.shutdown.remote(), timeout=30)
+    with contextlib.suppress(Exception):
+        ray.kill(handle, no_restart=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The `billing cluster` command
+# ---------------------------------------------------------------------------------------------
+
+
+def add_parser(commands: Any) -> None:
+    """``billing cluster status | rebalance | drain NODE`` (wired in by cluster/cli.py)."""
+    import argparse
+
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "cluster", help="status | rebalance | drain NODE: scale the owners out and in"
+    )
+    parser.add_argument(
+        "action", choices=("status", "rebalance", "drain"), help="what to show or do"
+    )
+    parser.add_argument("node", nargs="?", help="drain: node id or address (a prefix will do)")
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: $RAY_ADDRESS, else the one `billing serve` recorded,"
+        " else auto)",
+    )
+    parser.add_argument("--json", action="store_true", help="status: JSON for machines")
+    parser.add_argument(
+        "--per-round",
+        type=int,
+        default=PER_ROUND_DEFAULT,
+        help=f"vshards moved per round (default {PER_ROUND_DEFAULT})",
+    )
+    parser.add_argument(
+        "--owners-per-node",
+        type=int,
+        default=None,
+        help="rebalance: owners per node (default: $BILLING_OWNERS_PER_NODE, else 2)",
+    )
+    parser.set_defaults(run=cmd_cluster)
+
+
+def cmd_cluster(args: Any) -> int:
+    import ray
+
+    from cluster.bootstrap import init_ray
+    from cluster.cli import UsageError, console, join_address
+    from failover.config import ConfigError, Settings
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+    if args.per_round < 1:
+        raise UsageError(f"--per-round={args.per_round} must be >= 1")
+    if args.action == "drain" and not args.node:
+        raise UsageError("drain: which NODE? (a node id or address, see billing cluster status)")
+    owners_per_node = args.owners_per_node or settings.owners_per_node
+    joined_here = not ray.is_initialized()
+    init_ray(join_address(args.address), namespace=settings.namespace)
+    try:
+        if args.action == "status":
+            status = collect_status(settings.namespace)
+            if args.json:
+                import json
+
+                print(json.dumps(status.as_json(), indent=2, sort_keys=True))
+            else:
+                print_status(status, console)
+            return 0
+        report = _run_moves(args, settings.namespace, owners_per_node, console)
+        console.print(
+            f"[bold]{report.moved} vshards moved in {len(report.rounds)} rounds[/bold];"
+            f" map version {report.map_version}"
+        )
+        if report.rounds:
+            times = sorted(r.seconds for r in report.rounds)
+            console.print(
+                f"time per round: median {times[len(times) // 2] * 1000:.0f} ms,"
+                f" max {times[-1] * 1000:.0f} ms"
+            )
+        if report.stopped_owners:
+            console.print(f"stopped owners: {', '.join(report.stopped_owners)}")
+        return 0
+    finally:
+        if joined_here:
+            ray.shutdown()
+
+
+def _run_moves(args: Any, namespace: str, owners_per_node: int, console: Any) -> MoveReport:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("vshards  {task.fields[last]}"),
+        console=console,
+    ) as progress:
+        task = progress.add_task("moving", total=None, last="")
+
+        def on_plan(total: int) -> None:
+            progress.update(task, total=total)
+
+        def on_round(r: Round) -> None:
+            progress.update(
+                task,
+                advance=r.vshards,
+                last=f"round {r.index}/{r.rounds}: {r.vshards} in {r.seconds * 1000:.0f} ms",
+            )
+            progress.console.print(
+                f"round {r.index}/{r.rounds}: {r.vshards} vshards in {r.seconds * 1000:.0f} ms"
+                f" (map version {r.map_version})"
+            )
+
+        def on_started(node_id: str, names: list[str]) -> None:
+            progress.console.print(f"started {', '.join(names)} on node {node_id[:12]}")
+
+        if args.action == "rebalance":
+            return rebalance(
+                namespace,
+                owners_per_node,
+                args.per_round,
+                on_started=on_started,
+                on_plan=on_plan,
+                on_round=on_round,
+            )
+        return drain(namespace, args.node, args.per_round, on_plan=on_plan, on_round=on_round)
+
+
+def print_status(status: ClusterStatus, console: Any) -> None:
+    """Nodes and owners as rich tables, with the map version."""
+    from rich.table import Table
+
+    console.print(
+        f"[bold]shard map version {status.map_version}[/bold], {status.vshard_count} vshards,"
+        f" {len(status.owners)} owners on {sum(n.alive for n in status.nodes)} live nodes"
+    )
+    nodes = Table(title="nodes", show_edge=False)
+    for column in ("node id", "address", "alive", "CPU", "memory", "object store", "owners"):
+        nodes.add_column(column)
+    per_node: dict[str, int] = {}
+    for o in status.owners:
+        per_node[o.node_id] = per_node.get(o.node_id, 0) + 1
+    for n in status.nodes:
+        nodes.add_row(
+            n.node_id,
+            n.address,
+            "yes" if n.alive else "[red]no[/red]",
+            f"{n.resources.get('CPU', 0):g}",
+            f"{n.resources.get('memory', 0) / 2**20:,.0f} MiB",
+            f"{n.resources.get('object_store_memory', 0) / 2**20:,.0f} MiB",
+            str(per_node.get(n.node_id, 0)),
+        )
+    console.print(nodes)
+    owners = Table(title="owners", show_edge=False)
+    for column in ("owner", "node", "pid", "state", "ready", "vshards", "last error"):
+        owners.add_column(column)
+    for o in status.owners:
+        owners.add_row(
+            o.name,
+            o.node_id[:12],
+            str(o.pid or ""),
+            o.state,
+            "yes" if o.ready else "[yellow]no[/yellow]",
+            str(o.vshards),
+            o.last_error,
+        )
+    console.print(owners)
