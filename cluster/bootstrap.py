@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from actors._gc import tune_gc
 from cluster import telemetry
 from cluster.frontdoor import Dispatcher, FrontDoor
 from cluster.owners import NAMESPACE, RayMapSource, RayOwnerDirectory, RayPlanService
@@ -178,7 +179,14 @@ async def start_frontdoor(
     telemetry: Telemetry | None = None,
     namespace: str = NAMESPACE,
 ) -> FrontDoor:
-    """A started front door on ``host:port`` (0 = any free port) against the running cluster."""
+    """A started front door on ``host:port`` (0 = any free port) against the running cluster.
+
+    Also raises this process's collector thresholds (actors/_gc.py, as the owners do): a front
+    door allocates a future, a request and an answer per message over a large long-lived heap
+    (Ray driver, gRPC, protobuf); with CPython's defaults the young collections took ~17 % of its
+    CPU under streaming load (measured: 38 -> 31 µs per request in the front door).
+    """
+    tune_gc()
     maps = RayMapSource(namespace=namespace)
     options: dict[str, Any] = {}
     if queue_max is not None:
