@@ -82,7 +82,7 @@ def cli(*words: str) -> tuple[int, str]:
 
 
 def main(dsn: str) -> dict[str, Any]:
-    cluster = Cluster(
+    cluster: Any = Cluster(
         initialize_head=True,
         shutdown_at_exit=False,
         head_node_args={"num_cpus": 1, "object_store_memory": STORE, "include_dashboard": False},
