@@ -64,6 +64,11 @@ class BalanceView:
     buckets: tuple[BucketView, ...]
 
 
+# Enum members bound once: a member looked up on its class costs ~60 ns in Python 3.11.
+_POSTPAID = PaymentMode.POSTPAID
+_HYBRID = PaymentMode.HYBRID
+
+
 def money_floor(account: Account, consumption_order: Sequence[str]) -> int:
     """The lowest the balance may go by charging: 0 for prepaid money, ``-credit_limit`` for credit.
 
@@ -71,9 +76,7 @@ def money_floor(account: Account, consumption_order: Sequence[str]) -> int:
     plan's consumption order names ``credit``.
     """
     mode = account.payment_mode
-    if mode is PaymentMode.POSTPAID or (
-        mode is PaymentMode.HYBRID and "credit" in consumption_order
-    ):
+    if mode is _POSTPAID or (mode is _HYBRID and "credit" in consumption_order):
         return -account.credit_limit_micros
     return 0
 

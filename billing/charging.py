@@ -204,7 +204,7 @@ def handle(
         return _failure(request, *problem)
     kind = request.request_type
     session: Session | None = None
-    if kind is RequestType.UPDATE or kind is RequestType.TERMINATION:
+    if kind is _UPDATE or kind is _TERMINATION:
         session = state.sessions.get(request.session_id)
         if session is None:
             return _failure(
@@ -242,7 +242,7 @@ def handle(
                 f"account {subscriber.account_id!r} (vshard {subscriber.account_vshard}) "
                 "is not held by this owner",
             )
-        if kind is RequestType.INITIAL and request.session_id in state.sessions:
+        if kind is _INITIAL and request.session_id in state.sessions:
             return _failure(
                 request,
                 ResultCode.INVALID_AVP_VALUE,
@@ -263,9 +263,9 @@ def handle(
         destination = session.destination if session.destination is not None else destination
         visited_plmn = visited_plmn if visited_plmn is not None else session.visited_plmn
     funds = funds_for(state, key, account, plan, version, destination, visited_plmn)
-    if kind is RequestType.INITIAL:
+    if kind is _INITIAL:
         return open_session(funds, request, request.subscriber_id, now)
-    if kind is RequestType.EVENT:
+    if kind is _EVENT:
         return handle_event(funds, request, now)
     assert session is not None, "UPDATE/TERMINATION found its session above"
     return continue_session(funds, session, request, now)

@@ -51,6 +51,11 @@ _ORDER_PROBLEMS: dict[tuple[str, ...], str | None] = {}
 # values rebuilt per request otherwise.
 _SPANS: dict[int, timedelta] = {}
 _COUNTER_KEYS: dict[tuple[ServiceKind, int, int], str] = {}
+# Enum members bound once: a member looked up on its class costs ~60 ns in Python 3.11.
+_PREPAID = PaymentMode.PREPAID
+_RATED_ONLY = PaymentMode.RATED_ONLY
+_DEBIT = EntryKind.DEBIT
+_BUCKET_DEBIT = EntryKind.BUCKET_DEBIT
 
 
 @dataclass(slots=True)
@@ -80,7 +85,7 @@ class Funds:
 
     def capped(self, terms: ServiceTerms) -> bool:
         """True when usage beyond what is available is reported instead of charged."""
-        return self.account.payment_mode is PaymentMode.PREPAID or terms.overuse == "cap"
+        return self.account.payment_mode is _PREPAID or terms.overuse == "cap"
 
     def tiered(self, service: ServiceKind) -> bool:
         """True when a rate of ``service`` has volume tiers, so a cycle counter is kept."""
@@ -132,7 +137,7 @@ def funds_for(
     visited_plmn: str | None,
 ) -> Funds:
     order = version.consumption_order
-    rated_only = account.payment_mode is PaymentMode.RATED_ONLY
+    rated_only = account.payment_mode is _RATED_ONLY
     return Funds(  # positional, in field order: this runs for every request
         state,
         key,
@@ -367,7 +372,7 @@ def apply_usage(
         return cost, 0
     account = funds.account
     for bucket, take in priced.takes:
-        poster.units(account, bucket, EntryKind.BUCKET_DEBIT, -take, rating_group=rating_group)
+        poster.units(account, bucket, _BUCKET_DEBIT, -take, rating_group=rating_group)
     capped = funds.capped(terms)
     if not funds.use_money:
         charged = 0
@@ -377,8 +382,8 @@ def apply_usage(
     else:
         charged = cost
     if charged:
-        poster.money(account, EntryKind.DEBIT, -charged, rating_group=rating_group)
-    if account.payment_mode is PaymentMode.PREPAID:
+        poster.money(account, _DEBIT, -charged, rating_group=rating_group)
+    if account.payment_mode is _PREPAID:
         assert account.balance_micros >= funds.floor, "a prepaid balance went below its floor"
     if priced.counter_after >= 0 and priced.money_units:
         counters = account.usage_counters

@@ -52,6 +52,10 @@ _UNIT_MAKERS = {
 _ONE_SECOND = timedelta(seconds=1)
 _TERMINATION = RequestType.TERMINATION
 _AFTER = TariffChangeUsage.AFTER
+# Enum members bound once: a member looked up on its class costs ~60 ns in Python 3.11.
+_SUCCESS = ResultCode.SUCCESS
+_NOT_APPLICABLE = ResultCode.CREDIT_CONTROL_NOT_APPLICABLE
+_REDIRECT = FinalUnitAction.REDIRECT
 _ = ReportingReason  # reporting reasons are informational: every report is charged alike
 
 
@@ -166,9 +170,7 @@ def session_entry(
             error_message=f"service {terms.service} (rating group {rg}) is denied by the plan",
         )
     if not asks or entry.requested is None:
-        return ServiceGrant(
-            rg, sid, ResultCode.SUCCESS, cost_micros=cost, uncharged_micros=uncharged
-        )
+        return ServiceGrant(rg, sid, _SUCCESS, cost_micros=cost, uncharged_micros=uncharged)
     wanted = units_of(entry.requested, terms.unit) or terms.default_quota
     try:
         reservation = reserve(funds, terms, key, wanted, now)
@@ -198,14 +200,12 @@ def session_entry(
     final = None
     if granted < wanted:
         action = terms.final_unit_action
-        final = FinalUnitIndication(
-            action, terms.redirect_address if action is FinalUnitAction.REDIRECT else None
-        )
+        final = FinalUnitIndication(action, terms.redirect_address if action is _REDIRECT else None)
     pct = terms.quota_threshold_percent
     return ServiceGrant(  # positional, in field order: the common answer
         rg,
         sid,
-        ResultCode.SUCCESS,
+        _SUCCESS,
         make_units(terms.unit, granted),
         validity,
         final,
@@ -225,9 +225,9 @@ def command_result(grants: list[ServiceGrant]) -> tuple[ResultCode, str]:
     failure = None
     for grant in grants:
         code = grant.result_code
-        if code is ResultCode.SUCCESS:
-            return ResultCode.SUCCESS, ""
-        if failure is None and code is not ResultCode.CREDIT_CONTROL_NOT_APPLICABLE:
+        if code is _SUCCESS:
+            return _SUCCESS, ""
+        if failure is None and code is not _NOT_APPLICABLE:
             failure = grant
     if failure is None:
         return ResultCode.CREDIT_CONTROL_NOT_APPLICABLE, ""
@@ -283,7 +283,7 @@ def open_session(
         next_request_number=1,
     )
     answer = run_session_request(funds, session, request, now)
-    if answer.result_code is ResultCode.SUCCESS:
+    if answer.result_code is _SUCCESS:
         state.sessions[session.session_id] = session
         state.pending.sessions[session.session_id] = session
     else:
@@ -298,7 +298,7 @@ def continue_session(
     """UPDATE / TERMINATION of an open session; TERMINATION also releases the rest and ends it."""
     state = funds.state
     answer = run_session_request(funds, session, request, now)
-    if request.request_type is RequestType.TERMINATION:
+    if request.request_type is _TERMINATION:
         end_session(state, funds.account, session)
     else:
         session.last_seen_at = now
