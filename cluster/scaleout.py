@@ -88,6 +88,7 @@ class MoveReport:
     stopped_owners: tuple[str, ...]
     rounds: tuple[Round, ...]
     map_version: int
+    warnings: tuple[str, ...] = ()
 
     @property
     def moved(self) -> int:
@@ -382,7 +383,17 @@ def drain(
         raise StartupError(f"owners {still} still hold vshards after the drain; run it again")
     for name in leaving:
         stop_owner(name, namespace)
-    return MoveReport((), tuple(leaving), tuple(done), final.version)
+    others = sorted(
+        n
+        for n, i in actor_infos("billing-").items()
+        if i.state != "DEAD" and i.node_id == node.node_id and n not in leaving
+    )
+    warnings = tuple(
+        f"{n} also runs on this node: Ray restarts it elsewhere when the node goes (a short"
+        " pause, nothing lost)"
+        for n in others
+    )
+    return MoveReport((), tuple(leaving), tuple(done), final.version, warnings)
 
 
 def stop_owner(name: str, namespace: str) -> None:
@@ -478,6 +489,8 @@ def cmd_cluster(args: Any) -> int:
             )
         if report.stopped_owners:
             console.print(f"stopped owners: {', '.join(report.stopped_owners)}")
+        for warning in report.warnings:
+            console.print(f"[yellow]note: {warning}[/yellow]")
         return 0
     finally:
         if joined_here:

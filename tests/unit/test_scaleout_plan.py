@@ -44,3 +44,10 @@ def test_match_node_refuses_ambiguous_or_unknown() -> None:
         match_node(NODES, "zz")
     with pytest.raises(StartupError, match="empty"):
         match_node(NODES, "")
+
+
+def test_cli_refuses_bad_arguments_before_joining_ray() -> None:
+    from cluster.cli import main
+
+    assert main(["cluster", "drain"]) == 2  # which node?
+    assert main(["cluster", "rebalance", "--per-round", "0"]) == 2
