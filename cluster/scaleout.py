@@ -476,6 +476,8 @@ def cmd_cluster(args: Any) -> int:
             else:
                 print_status(status, console)
             return 0
+        if args.action == "drain":
+            match_node(list_nodes(), args.node)  # a bad NODE fails before any progress shows
         report = _run_moves(args, settings.namespace, owners_per_node, console)
         console.print(
             f"[bold]{report.moved} vshards moved in {len(report.rounds)} rounds[/bold];"
