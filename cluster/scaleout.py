@@ -294,6 +294,61 @@ def move_in_rounds(
     return done
 
 
+def _drained_key(namespace: str, node_id: str) -> bytes:
+    return f"{namespace}:drained:{node_id}".encode()
+
+
+def mark_drained(namespace: str, node_id: str) -> None:
+    """Remember (in the GCS key-value store) that ``node_id`` was drained: rebalance leaves it
+    empty until it is removed. A machine that rejoins gets a new node id, so it is used again."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(_drained_key(namespace, node_id), b"1", overwrite=True)
+
+
+def is_drained(namespace: str, node_id: str) -> bool:
+    from ray.experimental import internal_kv
+
+    return bool(internal_kv._internal_kv_exists(_drained_key(namespace, node_id)))
+
+
+def pending_nodes(
+    namespace: str, owners_per_node: int, infos: Mapping[str, Any] | None = None
+) -> dict[str, int]:
+    """Live, not drained node id -> owners to start there to reach ``owners_per_node``."""
+    from failover.takeover import actor_infos
+
+    if infos is None:
+        infos = actor_infos()
+    alive = [n.node_id for n in list_nodes() if n.alive and not is_drained(namespace, n.node_id)]
+    counts: dict[str, int] = {}
+    for info in infos.values():
+        if info.state == "ALIVE" and info.node_id:
+            counts[info.node_id] = counts.get(info.node_id, 0) + 1
+    return owners_to_start(alive, counts, owners_per_node)
+
+
+def watch(
+    check: Callable[[], bool],
+    act: Callable[[], None],
+    interval_s: float,
+    stop: Callable[[float], bool],
+) -> int:
+    """Automatic scale-out: every ``interval_s``, when ``check()`` (a node joined and lacks
+    owners) run ``act()`` (a rebalance). ``stop(timeout)`` waits and says when to end (e.g.
+    ``threading.Event.wait``). A failed round is reported by ``act`` and retried next time.
+    Returns how many rebalances ran."""
+    if not interval_s > 0:
+        raise ValueError(f"interval_s={interval_s} must be > 0")
+    ran = 0
+    while True:
+        if check():
+            act()
+            ran += 1
+        if stop(interval_s):
+            return ran
+
+
 def rebalance(
     namespace: str,
     owners_per_node: int,
@@ -312,12 +367,7 @@ def rebalance(
     from sharding.shardmap import moved_vshards
 
     infos = actor_infos()
-    alive_nodes = [n.node_id for n in list_nodes() if n.alive]
-    counts: dict[str, int] = {}
-    for info in infos.values():
-        if info.state == "ALIVE" and info.node_id:
-            counts[info.node_id] = counts.get(info.node_id, 0) + 1
-    plan = owners_to_start(alive_nodes, counts, owners_per_node)
+    plan = pending_nodes(namespace, owners_per_node, infos)
     current = ray.get(_manager(namespace).get_map.remote(), timeout=30)
     taken: set[str] = set(infos) | set(current.owners)
     started: list[str] = []
@@ -328,7 +378,11 @@ def rebalance(
         started.extend(names)
         if on_started is not None:
             on_started(node_id, names)
-    live = {n for n, i in actor_infos().items() if i.state == "ALIVE"}
+    live = {
+        n
+        for n, i in actor_infos().items()
+        if i.state == "ALIVE" and not is_drained(namespace, i.node_id)
+    }
     owners = sorted(set(current.owners) | live, key=_owner_key)
 
     def target_of(now: Any) -> Any:
@@ -376,6 +430,10 @@ def drain(
             on_plan(len(moved_vshards(now, target)) if target is not None else 0)
         return target
 
+    target_of(ray.get(_manager(namespace).get_map.remote(), timeout=30))  # fails before marking
+    # Marked first: a rebalance running meanwhile (--watch) neither refills the node nor hands
+    # vshards back to its owners.
+    mark_drained(namespace, node.node_id)
     done = move_in_rounds(namespace, target_of, per_round, on_round)
     final = ray.get(_manager(namespace).get_map.remote(), timeout=30)
     still = [n for n in leaving if final.vshards_of(n)]
@@ -445,6 +503,14 @@ def add_parser(commands: Any) -> None:
         default=None,
         help="rebalance: owners per node (default: $BILLING_OWNERS_PER_NODE, else 2)",
     )
+    parser.add_argument(
+        "--watch",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="rebalance: keep running; every SECONDS start owners on joined nodes and move"
+        " vshards to them (Ctrl-C stops)",
+    )
     parser.set_defaults(run=cmd_cluster)
 
 
@@ -478,25 +544,55 @@ def cmd_cluster(args: Any) -> int:
             return 0
         if args.action == "drain":
             match_node(list_nodes(), args.node)  # a bad NODE fails before any progress shows
+        if args.action == "rebalance" and args.watch is not None:
+            return _watch(args, settings.namespace, owners_per_node, console)
         report = _run_moves(args, settings.namespace, owners_per_node, console)
-        console.print(
-            f"[bold]{report.moved} vshards moved in {len(report.rounds)} rounds[/bold];"
-            f" map version {report.map_version}"
-        )
-        if report.rounds:
-            times = sorted(r.seconds for r in report.rounds)
-            console.print(
-                f"time per round: median {times[len(times) // 2] * 1000:.0f} ms,"
-                f" max {times[-1] * 1000:.0f} ms"
-            )
-        if report.stopped_owners:
-            console.print(f"stopped owners: {', '.join(report.stopped_owners)}")
-        for warning in report.warnings:
-            console.print(f"[yellow]note: {warning}[/yellow]")
+        _print_report(report, console)
         return 0
     finally:
         if joined_here:
             ray.shutdown()
+
+
+def _watch(args: Any, namespace: str, owners_per_node: int, console: Any) -> int:
+    import threading
+
+    from cluster.cli import UsageError
+
+    if not args.watch > 0:
+        raise UsageError(f"--watch={args.watch} must be > 0 seconds")
+    stop = threading.Event()
+
+    def act() -> None:
+        try:
+            _print_report(_run_moves(args, namespace, owners_per_node, console), console)
+        except StartupError as error:  # reported; the next check tries again
+            console.print(f"[red]rebalance failed: {error}[/red]")
+
+    console.print(f"watching for joining nodes every {args.watch:g} s (Ctrl-C stops)")
+    try:
+        watch(lambda: bool(pending_nodes(namespace, owners_per_node)), act, args.watch, stop.wait)
+    except KeyboardInterrupt:
+        console.print("stopped watching")
+    return 0
+
+
+def _print_report(report: MoveReport, console: Any) -> None:
+    """What a rebalance or drain did, with the time per round (median, max)."""
+    console.print(
+        f"[bold]{report.moved} vshards moved in {len(report.rounds)} rounds[/bold];"
+        f" map version {report.map_version}"
+    )
+    if report.rounds:
+        times = sorted(r.seconds for r in report.rounds)
+        console.print(
+            f"time per round: median {times[len(times) // 2] * 1000:.0f} ms,"
+            f" max {times[-1] * 1000:.0f} ms"
+        )
+    if report.stopped_owners:
+        console.print(f"stopped owners: {', '.join(report.stopped_owners)}")
+    for warning in report.warnings:
+        console.print(f"[yellow]note: {warning}[/yellow]")
 
 
 def _run_moves(args: Any, namespace: str, owners_per_node: int, console: Any) -> MoveReport:

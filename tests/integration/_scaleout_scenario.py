@@ -138,6 +138,10 @@ def main(dsn: str) -> dict[str, Any]:
         wait_for_rounds(client, t3)
         client.stop.set()
         client.join(60)
+        # a drained node stays empty: a rebalance starts no owner on it and moves nothing
+        result["rebalance_after_drain_code"], result["rebalance_after_drain_out"] = cli(
+            "cluster", "rebalance"
+        )
         final = handles.get_map()
         infos = actor_infos()
         result["final_version"] = final.version

@@ -83,6 +83,9 @@ def test_rebalance_onto_a_new_node_then_drain_it_without_failed_requests(pg_dsn:
     assert set(r["node2_owner_states"]) == set(on_node2)
     assert set(r["node2_owner_states"].values()) == {"DEAD"}
     assert r["final_version"] > r["version_after_rebalance"]
+    assert r["rebalance_after_drain_code"] == 0, r["rebalance_after_drain_out"]
+    assert "0 vshards moved in 0 rounds" in r["rebalance_after_drain_out"]
+    assert "started" not in r["rebalance_after_drain_out"]
 
     # charging kept working through both moves, and nothing failed
     assert r["client_failed_count"] == 0, r["client_failed"]

@@ -51,3 +51,20 @@ def test_cli_refuses_bad_arguments_before_joining_ray() -> None:
 
     assert main(["cluster", "drain"]) == 2  # which node?
     assert main(["cluster", "rebalance", "--per-round", "0"]) == 2
+
+
+def test_watch_rebalances_only_when_a_node_needs_owners() -> None:
+    from cluster.scaleout import watch
+
+    pending = iter([False, True, False, True, False])
+    acted: list[int] = []
+    ticks: list[float] = []
+
+    def stop(timeout: float) -> bool:
+        ticks.append(timeout)
+        return len(ticks) == 5
+
+    ran = watch(lambda: next(pending), lambda: acted.append(len(ticks)), 0.5, stop)
+    assert ran == 2 and acted == [1, 3] and ticks == [0.5] * 5
+    with pytest.raises(ValueError, match="interval_s"):
+        watch(lambda: True, lambda: None, 0, stop)
