@@ -612,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     plans.add_argument("--force", action="store_true", help="copy: overwrite FILE")
     plans.set_defaults(run=cmd_plans)
 
-    from cluster.scaleout import add_parser as add_cluster_parser
+    from cluster.scaleout_cli import add_parser as add_cluster_parser
 
     add_cluster_parser(commands)  # billing cluster status | rebalance | drain NODE
 
