@@ -26,6 +26,7 @@ from actors.bootstrap import start_cluster, stop_cluster  # noqa: E402
 from actors.messages import Answered, ProvisionRequest  # noqa: E402
 from actors.owner import OwnerConfig  # noqa: E402
 from billing.protocol import RequestType  # noqa: E402
+from cluster import scaleout  # noqa: E402
 from cluster.cli import main as billing  # noqa: E402
 from failover.takeover import actor_infos  # noqa: E402
 
@@ -136,8 +137,6 @@ def main(dsn: str) -> dict[str, Any]:
         )
         t3 = time.monotonic()
         wait_for_rounds(client, t3)
-        client.stop.set()
-        client.join(60)
         # a drained node stays empty: a rebalance starts no owner on it and moves nothing
         result["rebalance_after_drain_code"], result["rebalance_after_drain_out"] = cli(
             "cluster", "rebalance"
@@ -151,6 +150,45 @@ def main(dsn: str) -> dict[str, Any]:
         result["node2_owner_states"] = {
             n: i.state for n, i in infos.items() if i.node_id == node2.node_id
         }
+
+        # the drained node is removed under load, a third joins: the watcher (what
+        # `billing cluster rebalance --watch` runs) starts owners there and moves vshards
+        cluster.remove_node(node2)
+        t4 = time.monotonic()
+        wait_for_rounds(client, t4)
+        stop = threading.Event()
+        watcher = threading.Thread(
+            target=scaleout.watch,
+            args=(
+                lambda: bool(scaleout.pending_nodes("billing", 2)),
+                lambda: scaleout.rebalance("billing", 2, 4),
+                0.2,
+                stop.wait,
+            ),
+            daemon=True,
+        )
+        watcher.start()
+        node3 = cluster.add_node(num_cpus=1, object_store_memory=STORE)
+        cluster.wait_for_nodes()
+        deadline = time.monotonic() + 90
+        on_node3: dict[str, int] = {}
+        while time.monotonic() < deadline and len(on_node3) < 2:
+            time.sleep(0.2)
+            now_map = handles.get_map()
+            infos = actor_infos()
+            on_node3 = {
+                o: len(now_map.vshards_of(o))
+                for o in now_map.owners
+                if infos.get(o) and infos[o].node_id == node3.node_id
+            }
+        stop.set()
+        watcher.join(60)
+        t5 = time.monotonic()
+        wait_for_rounds(client, t5)
+        result["watch_owners_on_node3"] = on_node3
+        result["watch_map_owners"] = sorted(handles.get_map().owners)
+        client.stop.set()
+        client.join(60)
         result["head"] = head
         result["client_ok"] = client.ok
         result["client_failed"] = client.failed[:5]
@@ -161,6 +199,7 @@ def main(dsn: str) -> dict[str, Any]:
         result["ok_during_drain"] = sum(1 for t, _ in client.done_at if t2 <= t <= t3)
         result["moved_ok_on_node2"] = len({s for t, s in client.done_at if t1 < t < t2} & moved)
         result["moved_ok_after_drain"] = len({s for t, s in client.done_at if t > t3} & moved)
+        result["ok_after_node3"] = len({s for t, s in client.done_at if t > t5})
         result["seconds"] = {"rebalance": t1 - t0, "drain": t3 - t2}
     finally:
         if handles is not None:

@@ -4,7 +4,8 @@ The scenario (tests/integration/_scaleout_scenario.py) runs in its own process: 
 ``ray.cluster_utils.Cluster`` must not share the Ray session of the other integration tests.
 System on node 1, node 2 added, ``billing cluster rebalance`` (owners started on node 2, vshards
 moved there in rounds), ``billing cluster drain NODE2`` (all back on node 1, node-2 owners
-stopped), with a client charging continuously throughout. Timings are printed, never asserted.
+stopped), node 2 removed and node 3 added with the ``--watch`` loop running (owners started there
+automatically), with a client charging continuously throughout. Timings are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -94,3 +95,10 @@ def test_rebalance_onto_a_new_node_then_drain_it_without_failed_requests(pg_dsn:
     assert r["moved_subscribers"] > 0
     assert r["moved_ok_on_node2"] == r["moved_subscribers"]
     assert r["moved_ok_after_drain"] == r["moved_subscribers"]
+
+    # node 2 removed, node 3 joined: the watcher started 2 owners there and gave them vshards,
+    # and every subscriber was charged again afterwards
+    assert len(r["watch_owners_on_node3"]) == 2, r["watch_owners_on_node3"]
+    assert all(v > 0 for v in r["watch_owners_on_node3"].values())
+    assert len(r["watch_map_owners"]) == 4
+    assert r["ok_after_node3"] == 24
