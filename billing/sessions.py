@@ -245,11 +245,21 @@ def run_session_request(
         session_id=request.session_id,
         request_number=request.request_number,
     )
-    grants = [
-        session_entry(funds, poster, session, entry, request.request_type, now)
-        for entry in request.services
-    ]
-    code, message = command_result(grants)
+    services = request.services
+    if len(services) == 1:  # the common case: no comprehension, the entry's result is the command's
+        grant = session_entry(funds, poster, session, services[0], request.request_type, now)
+        grants = [grant]
+        code = grant.result_code
+        if code is _SUCCESS:
+            message = ""
+        else:
+            code, message = command_result(grants)
+    else:
+        grants = [
+            session_entry(funds, poster, session, entry, request.request_type, now)
+            for entry in services
+        ]
+        code, message = command_result(grants)
     account = funds.account
     return CreditControlAnswer(  # positional, in field order: one per request
         request.session_id,
