@@ -70,7 +70,7 @@ from billing.sessions import prune_answers, release_orphans
 from billing.state import Account, Changes, ShardState, Subscriber
 from billing.tariff import Catalog, builtin_catalog, load_plan
 from sharding.shardmap import ShardMap
-from sharding.store import DuplicateKey, Store
+from sharding.store import DuplicateKey, Store, StoreError
 from sharding.store import NotOwner as StoreNotOwner
 from sharding.vshard import vshard_of
 
@@ -101,6 +101,11 @@ class OwnerConfig:
     forward_timeout_s: float = 10.0  # a forwarded shared-account request's bound
     sweep_interval_s: float = 1.0  # orphan sweep period
     answer_retention_s: float = 600.0  # remembered answers older than this are pruned
+    # Stored answers (PostgreSQL) are kept far longer than in memory, so that a late
+    # retransmission still gets its original answer; past this they are deleted, keeping the
+    # answers table bounded (the journal's unique key still refuses a second application).
+    answer_db_retention_s: float = 7 * 24 * 3600.0
+    answer_db_prune_interval_s: float = 300.0  # how often this owner prunes its vshards' answers
     provision_batch: int = 512  # subscribers per commit in provision_bulk (small: less heap churn)
     load_chunk_vshards: int = 8  # vshards loaded per read: bounds the load's memory peak
     pool_max: int = 2  # PostgreSQL connections of this owner
@@ -118,9 +123,21 @@ class OwnerConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("ready_wait_s", "forward_timeout_s", "sweep_interval_s", "answer_retention_s"):
+        for name in (
+            "ready_wait_s",
+            "forward_timeout_s",
+            "sweep_interval_s",
+            "answer_retention_s",
+            "answer_db_retention_s",
+            "answer_db_prune_interval_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.answer_db_retention_s < self.answer_retention_s:
+            raise ValueError(
+                "answer_db_retention_s must be >= answer_retention_s (the database is the "
+                f"longer memory), got {self.answer_db_retention_s} < {self.answer_retention_s}"
+            )
 
 
 Item = OwnerRequest | Forwarded | JoinRemote
@@ -198,6 +215,7 @@ class ShardOwner:
         self._loads = 0
         self._commits = 0
         self._sweep_queued = False
+        self._answers_pruned_at = time.monotonic()
         loop = asyncio.get_running_loop()  # Ray async actors run __init__ on their event loop
         self._tasks = [loop.create_task(self._run()), loop.create_task(self._sweep_loop())]
 
@@ -820,6 +838,29 @@ class ShardOwner:
         prune_answers(self._state, now - timedelta(seconds=self._config.answer_retention_s))
         if await self._commit() is None and not self._needs_load and not self._reload_vshards:
             self._directory.freeze_all(keep=self._guests)
+        await self._prune_stored_answers(time.monotonic())
+
+    async def _prune_stored_answers(self, monotonic_s: float) -> None:
+        """Delete this owner's stored answers past the database retention, now and then."""
+        if monotonic_s - self._answers_pruned_at < self._config.answer_db_prune_interval_s:
+            return
+        self._answers_pruned_at = monotonic_s
+        vshards = sorted(self._epochs)
+        if not vshards:
+            return
+        try:
+            deleted = await self._store.prune_answers(
+                timedelta(seconds=self._config.answer_db_retention_s), vshards=vshards
+            )
+        except StoreError as exc:  # retried at the next interval; nothing depends on it
+            log.warning("pruning stored answers failed: %s", exc)
+            return
+        if deleted:
+            log.info(
+                "pruned %d stored answers older than %.0f s",
+                deleted,
+                self._config.answer_db_retention_s,
+            )
 
     async def _sweep_loop(self) -> None:
         while not self._closing:

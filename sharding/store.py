@@ -479,16 +479,25 @@ class Store:
 
     # -- answers housekeeping ----------------------------------------------------------------------
 
-    async def prune_answers(self, older_than: timedelta) -> int:
+    async def prune_answers(
+        self, older_than: timedelta, *, vshards: Sequence[int] | None = None
+    ) -> int:
         """Delete stored answers committed more than ``older_than`` ago; return how many.
 
         Keeps the answers table bounded (invariant 6); money stays exactly-once because the
-        journal's unique key never forgets.
+        journal's unique key never forgets. ``vshards`` limits it to an owner's own vshards
+        (each owner prunes what it holds; on Citus that keeps the delete on its shards).
         """
         async with self._tx("prune_answers") as conn:
-            cur = await conn.execute(
-                "DELETE FROM answers WHERE committed_at < now() - %s", (older_than,)
-            )
+            if vshards is None:
+                cur = await conn.execute(
+                    "DELETE FROM answers WHERE committed_at < now() - %s", (older_than,)
+                )
+            else:
+                cur = await conn.execute(
+                    "DELETE FROM answers WHERE vshard = ANY(%s) AND committed_at < now() - %s",
+                    (list(vshards), older_than),
+                )
             return cur.rowcount
 
     # -- shard map and plans (reference tables) ------------------------------------------------

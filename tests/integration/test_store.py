@@ -313,6 +313,22 @@ def test_prune_answers_keeps_recent(store: Store, aio: asyncio.Runner, pg_dsn: s
     assert count(pg_dsn, "answers") == 0
 
 
+def test_prune_answers_of_some_vshards_leaves_the_others(
+    store: Store, aio: asyncio.Runner, pg_dsn: str
+) -> None:
+    from datetime import timedelta
+
+    epochs = aio.run(store.take_over([3, 4], "owner-a"))
+    aio.run(store.commit(full_changes(3), epochs))
+    aio.run(store.commit(full_changes(4), epochs))
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE answers SET committed_at = now() - interval '2 hours'")
+    assert aio.run(store.prune_answers(timedelta(hours=1), vshards=[4])) == 2
+    with psycopg.connect(pg_dsn) as conn:
+        left = conn.execute("SELECT DISTINCT vshard FROM answers").fetchall()
+    assert left == [(3,)]
+
+
 # -- audit -----------------------------------------------------------------------------------
 
 
