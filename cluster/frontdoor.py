@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -381,6 +381,31 @@ _REJECT_STATUS = {
 }
 
 
+_Answer = TypeVar("_Answer")
+
+
+async def _answers_until_done(
+    outbox: asyncio.Queue[_Answer | None],
+    reader: Awaitable[None],
+    pending: set[asyncio.Task[None]],
+) -> AsyncGenerator[_Answer, None]:
+    """Yield a stream's answers until its reader puts ``None`` (input ended, all answered).
+
+    The reader runs as a task beside the yielding; when the client goes away first, the reader
+    and every request still being charged for it are cancelled (their outcome stays safe: a
+    retried request carries the same idempotency key).
+    """
+    feeding = asyncio.ensure_future(reader)
+    try:
+        while (answer := await outbox.get()) is not None:
+            yield answer
+        await feeding
+    finally:
+        feeding.cancel()
+        for task in list(pending):
+            task.cancel()
+
+
 async def _abort(
     context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
 ) -> NoReturn:
@@ -660,15 +685,11 @@ class ChargingService(pb_grpc.ChargingServicer):
             finally:
                 outbox.put_nowait(None)
 
-        feeding = asyncio.create_task(reader())
-        try:
-            while (answer := await outbox.get()) is not None:
+        # aclosing: a client that goes away closes this generator, and with it the inner one
+        # at once (not whenever it is collected), cancelling what is still being charged.
+        async with contextlib.aclosing(_answers_until_done(outbox, reader(), pending)) as answers:
+            async for answer in answers:
                 yield answer
-            await feeding
-        finally:
-            feeding.cancel()
-            for task in list(pending):
-                task.cancel()
 
     async def CreditControlBatchStream(
         self,
@@ -710,15 +731,11 @@ class ChargingService(pb_grpc.ChargingServicer):
             finally:
                 outbox.put_nowait(None)
 
-        feeding = asyncio.create_task(reader())
-        try:
-            while (answer := await outbox.get()) is not None:
+        # aclosing: a client that goes away closes this generator, and with it the inner one
+        # at once (not whenever it is collected), cancelling what is still being charged.
+        async with contextlib.aclosing(_answers_until_done(outbox, reader(), pending)) as answers:
+            async for answer in answers:
                 yield answer
-            await feeding
-        finally:
-            feeding.cancel()
-            for task in list(pending):
-                task.cancel()
 
 
 def subscriber_to_proto(view: SubscriberView) -> pb.Subscriber:
