@@ -396,3 +396,25 @@ def test_health_and_reflection_are_served() -> None:
             assert {"billing.v1.Charging", "billing.v1.Accounts", "billing.v1.Tariffs"} <= names
 
     run(scenario)
+
+
+def test_client_deadline_ends_the_call_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """A client whose deadline passes while its owner is busy gets DEADLINE_EXCEEDED, and the
+    front door logs no error for the call it can no longer answer."""
+
+    async def scenario() -> None:
+        owners = FakeOwners(balanced_map(64, ["o0", "o1"]))
+        owners.gate = asyncio.Event()  # the owner never answers in time
+        async for _door, channel in _serve(owners):
+            stub = pb_grpc.ChargingStub(channel)
+            for timeout in (0.3, 0.1, 0.05, 0.02, 0.01):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.CreditControl(_request(), timeout=timeout)
+                assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            await asyncio.sleep(0.5)  # let the server side of each call finish
+            owners.gate.set()
+
+    with caplog.at_level("WARNING"):
+        run(scenario)
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert errors == [], [r.getMessage()[:200] for r in errors]
