@@ -59,6 +59,39 @@ class ClusterHandles:
         return statuses
 
 
+def actor_options(
+    name: str,
+    namespace: str,
+    *,
+    num_cpus: float = 0.0,
+    max_concurrency: int = 1000,
+    node_id: str | None = None,
+) -> dict[str, Any]:
+    """The Ray options of every billing actor, owner or manager (DESIGN.md section 7).
+
+    Named and detached (they outlive the process that started them), restarted by Ray forever
+    (``max_restarts=-1``), and never retried by Ray (``max_task_retries=0``): a side-effecting
+    call that Ray re-ran could charge twice, so the application retries against the current
+    owner with the same idempotency key instead. ``node_id`` pins the actor to that node (hard
+    affinity: it lives and dies with its node, as on real machines).
+    """
+    options: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "max_task_retries": 0,
+        "num_cpus": num_cpus,
+        "max_concurrency": max_concurrency,
+    }
+    if node_id is not None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
+    return options
+
+
 def start_cluster(
     dsn: str,
     *,
@@ -86,16 +119,7 @@ def start_cluster(
     names = [owner_name(i) for i in range(owners)]
     manager = (
         manager_actor()
-        .options(
-            name=MANAGER_NAME,
-            namespace=namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=0,
-            num_cpus=0,
-            max_concurrency=max_concurrency,
-        )
+        .options(**actor_options(MANAGER_NAME, namespace, max_concurrency=max_concurrency))
         .remote(dsn, names, vshard_count, namespace=namespace)
     )
     if not ray.get(manager.ready.remote(ready_timeout_s)):
@@ -106,14 +130,9 @@ def start_cluster(
     cls = owner_actor()
     for name in names:
         handles.owners[name] = cls.options(
-            name=name,
-            namespace=namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=0,
-            num_cpus=owner_num_cpus,
-            max_concurrency=max_concurrency,
+            **actor_options(
+                name, namespace, num_cpus=owner_num_cpus, max_concurrency=max_concurrency
+            )
         ).remote(name, owner_config)
     deadline = time.monotonic() + ready_timeout_s
     for name, handle in handles.owners.items():

@@ -234,25 +234,15 @@ def start_owners(
     They hold no vshard yet (the map does not name them), so they are ready at once.
     """
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from actors.bootstrap import actor_options
     from actors.owner import OwnerConfig, owner_actor
 
     dsn: str = ray.get(_manager(namespace).owner_dsn.remote(), timeout=30)
     config = OwnerConfig(dsn=dsn, namespace=namespace)
     handles = [
         owner_actor()
-        .options(
-            name=name,
-            namespace=namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=0,
-            num_cpus=0,
-            max_concurrency=1000,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        )
+        .options(**actor_options(name, namespace, node_id=node_id))
         .remote(name, config)
         for name in names
     ]

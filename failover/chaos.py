@@ -197,23 +197,13 @@ class ChaosCluster:
             object_store_memory=self.options.object_store_mb * 1024 * 1024,
         )
 
-    def _owner_options(self, name: str, node_id: str) -> dict[str, Any]:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    def _pinned_options(self, name: str, node_id: str) -> dict[str, Any]:
+        from actors.bootstrap import actor_options
 
-        return {
-            "name": name,
-            "namespace": self.settings.namespace,
-            "lifetime": "detached",
-            "get_if_exists": True,
-            "max_restarts": -1,
-            "max_task_retries": 0,
-            "num_cpus": 0,
-            "max_concurrency": 1000,
-            # Hard: an owner lives and dies with its node, as on real machines (soft affinity let
-            # Ray place owners anywhere). After a node loss Ray cannot restart it; its vshards go
-            # to the owners of the surviving nodes, and new nodes bring new owners.
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False),
-        }
+        # Hard affinity: an owner lives and dies with its node, as on real machines (soft
+        # affinity let Ray place owners anywhere). After a node loss Ray cannot restart it; its
+        # vshards go to the owners of the surviving nodes, and new nodes bring new owners.
+        return actor_options(name, self.settings.namespace, node_id=node_id)
 
     def _start_owners(self, node: Any) -> list[str]:
         from actors.owner import OwnerConfig, owner_actor, owner_name
@@ -225,7 +215,7 @@ class ChaosCluster:
             self.owner_count += 1
             self.handles[name] = (
                 owner_actor()
-                .options(**self._owner_options(name, node.node_id))
+                .options(**self._pinned_options(name, node.node_id))
                 .remote(name, config)
             )
             names.append(name)
@@ -233,8 +223,6 @@ class ChaosCluster:
         return names
 
     async def start_actors(self) -> None:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         from actors.manager import manager_actor
         from actors.owner import MANAGER_NAME, owner_name
         from failover.takeover import MonitorConfig, start_monitor
@@ -243,17 +231,7 @@ class ChaosCluster:
         names = [owner_name(i) for i in range(self.options.nodes * self.options.owners_per_node)]
         self.manager = (
             manager_actor()
-            .options(
-                name=MANAGER_NAME,
-                namespace=self.settings.namespace,
-                lifetime="detached",
-                get_if_exists=True,
-                max_restarts=-1,
-                max_task_retries=0,
-                num_cpus=0,
-                max_concurrency=1000,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(head_id, soft=False),
-            )
+            .options(**self._pinned_options(MANAGER_NAME, head_id))
             .remote(self.dsn, names, self.options.vshards, namespace=self.settings.namespace)
         )
         if not await self.manager.ready.remote(120.0):
