@@ -290,7 +290,138 @@ def request_from_proto(msg: pb.CreditControlRequest) -> CreditControlRequest:
 
     Rules beyond types: INITIAL and EVENT carry request number 0, UPDATE and TERMINATION >= 1;
     EVENT requires a requested action and session requests must not carry one.
+
+    A well-formed request takes :func:`_request_fast` (the same checks, inlined, ~2x cheaper:
+    this runs for every request a front door receives); anything it does not accept goes through
+    the field-by-field path below, which names what is wrong. A property test holds the two equal.
     """
+    fast = _request_fast(msg)
+    if fast is not None:
+        return fast
+    return _request_checked(msg)
+
+
+_FAST_INITIAL = RequestType.INITIAL
+_FAST_EVENT = RequestType.EVENT
+_FAST_INDETERMINATE = TariffChangeUsage.INDETERMINATE
+
+
+def _units_fast(msg: pb.Units) -> Units | None:
+    values = (
+        msg.time_s,
+        msg.total_octets,
+        msg.input_octets,
+        msg.output_octets,
+        msg.service_units,
+        msg.money_micros,
+    )
+    if min(values) < 0 or max(values) > UNITS_MAX:
+        return None
+    return Units(*values)
+
+
+def _service_fast(msg: pb.ServiceUsage) -> ServiceUsage | None:
+    reports = msg.used
+    if len(reports) > USED_MAX:
+        return None
+    used: list[UsedUnits] = []
+    for entry in reports:
+        if not entry.HasField("units"):
+            return None
+        units = _units_fast(entry.units)
+        if units is None:
+            return None
+        reason_value = entry.reporting_reason
+        reason: ReportingReason | None = None
+        if reason_value:
+            reason = _REPORTING_REASON.get(reason_value)
+            if reason is None:
+                return None
+        change_value = entry.tariff_change_usage
+        change = _FAST_INDETERMINATE
+        if change_value:
+            found = _TARIFF_CHANGE_USAGE.get(change_value)
+            if found is None:
+                return None
+            change = found
+        used.append(UsedUnits(units, reason, change))
+    requested: Units | None = None
+    if msg.HasField("requested"):
+        requested = _units_fast(msg.requested)
+        if requested is None:
+            return None
+    return ServiceUsage(
+        msg.rating_group if msg.HasField("rating_group") else None,
+        msg.service_identifier if msg.HasField("service_identifier") else None,
+        requested,
+        tuple(used),
+    )
+
+
+def _request_fast(msg: pb.CreditControlRequest) -> CreditControlRequest | None:
+    """The common, well-formed request in one pass; None sends it to the checked path."""
+    session_id = msg.session_id
+    subscriber_id = msg.subscriber_id
+    if not (
+        0 < len(session_id) <= SESSION_ID_LEN_MAX
+        and 0 < len(subscriber_id) <= SUBSCRIBER_ID_LEN_MAX
+        and session_id.isprintable()
+        and subscriber_id.isprintable()
+    ):
+        return None
+    request_type = _REQUEST_TYPE.get(msg.request_type)
+    if request_type is None:
+        return None
+    number = msg.request_number
+    single = request_type is _FAST_INITIAL or request_type is _FAST_EVENT
+    if (number != 0) if single else (number < 1):
+        return None
+    if not msg.HasField("event_time"):
+        return None
+    stamp = msg.event_time
+    seconds = stamp.seconds
+    nanos = stamp.nanos
+    if not (_TS_SECONDS_MIN <= seconds <= _TS_SECONDS_MAX and 0 <= nanos <= 999_999_999):
+        return None
+    entries = msg.services
+    if len(entries) > SERVICES_MAX:
+        return None
+    services: list[ServiceUsage] = []
+    for entry in entries:
+        service = _service_fast(entry)
+        if service is None:
+            return None
+        services.append(service)
+    action_value = msg.requested_action
+    action: RequestedAction | None = None
+    if action_value:
+        action = _REQUESTED_ACTION.get(action_value)
+        if action is None or request_type is not _FAST_EVENT:
+            return None
+    elif request_type is _FAST_EVENT:
+        return None
+    destination = msg.destination
+    visited = msg.visited_plmn
+    if (
+        destination and (len(destination) > DESTINATION_LEN_MAX or not destination.isprintable())
+    ) or (visited and (len(visited) > DESTINATION_LEN_MAX or not visited.isprintable())):
+        return None
+    return CreditControlRequest(
+        session_id,
+        request_type,
+        number,
+        subscriber_id,
+        _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000),
+        tuple(services),
+        action,
+        destination or None,
+        visited or None,
+        msg.retransmission,
+    )
+
+
+def _request_checked(msg: pb.CreditControlRequest) -> CreditControlRequest:
+    """The field-by-field path: every rule in order, the first broken one raised by name."""
     session_id = _required_text(msg.session_id, "session_id", SESSION_ID_LEN_MAX)
     request_type = _enum(_REQUEST_TYPE, msg.request_type, "request_type", required=True)
     assert request_type is not None
