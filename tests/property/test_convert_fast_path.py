@@ -8,6 +8,8 @@ the checked path rejects, so an error is never skipped.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -21,9 +23,10 @@ _GOOD_TEXT = st.sampled_from(["s-1", "sub-000001", "x" * 64, "+4930", "é"])
 _BAD_TEXT = st.sampled_from(["x" * 65, "x" * 257, "bad\nline", "tab\t"])
 
 
-def _maybe_bad(
-    draw: st.DrawFn, good: st.SearchStrategy[object], bad: st.SearchStrategy[object]
-) -> object:
+T = TypeVar("T")
+
+
+def _maybe_bad(draw: st.DrawFn, good: st.SearchStrategy[T], bad: st.SearchStrategy[T]) -> T:
     """Mostly a valid value; now and then (1 in 30) an invalid one, so that most examples are
     valid but for one field and every rule gets exercised alone."""
     return draw(bad) if draw(st.integers(0, 29)) == 0 else draw(good)
@@ -52,7 +55,7 @@ def _service(draw: st.DrawFn) -> pb.ServiceUsage:
     if draw(st.booleans()):
         entry.requested.CopyFrom(draw(_units()))
     count = _maybe_bad(draw, st.sampled_from([0, 1, 2]), st.just(convert.USED_MAX + 1))
-    for _ in range(count):  # type: ignore[call-overload]
+    for _ in range(count):
         report = entry.used.add()
         if _maybe_bad(draw, st.just(True), st.just(False)):
             report.units.CopyFrom(draw(_units()))
@@ -72,25 +75,25 @@ def _request(draw: st.DrawFn) -> pb.CreditControlRequest:
     bad_action = st.sampled_from([0, 99]) if event else st.sampled_from([1, 99])
     msg = pb.CreditControlRequest(
         session_id=_maybe_bad(draw, _GOOD_TEXT, st.one_of(_BAD_TEXT, st.just(""))),
-        request_type=kind,
+        request_type=kind,  # type: ignore[arg-type]
         request_number=_maybe_bad(draw, good_number, bad_number),
         subscriber_id=_maybe_bad(draw, _GOOD_TEXT, st.one_of(_BAD_TEXT, st.just(""))),
-        requested_action=_maybe_bad(draw, good_action, bad_action),
+        requested_action=_maybe_bad(draw, good_action, bad_action),  # type: ignore[arg-type]
         destination=_maybe_bad(draw, st.one_of(st.just(""), _GOOD_TEXT), _BAD_TEXT),
         visited_plmn=_maybe_bad(draw, st.one_of(st.just(""), _GOOD_TEXT), _BAD_TEXT),
         retransmission=draw(st.booleans()),
     )
     if _maybe_bad(draw, st.just(True), st.just(False)):
-        msg.event_time.seconds = _maybe_bad(  # type: ignore[assignment]
+        msg.event_time.seconds = _maybe_bad(
             draw,
             st.sampled_from([-62135596800, 0, 1_790_000_000, 253402300799]),
             st.sampled_from([-62135596801, 253402300800]),
         )
-        msg.event_time.nanos = _maybe_bad(  # type: ignore[assignment]
+        msg.event_time.nanos = _maybe_bad(
             draw, st.sampled_from([0, 999_999_999]), st.sampled_from([-1, 1_000_000_000])
         )
     count = _maybe_bad(draw, st.sampled_from([0, 1, 2, 3]), st.just(convert.SERVICES_MAX + 1))
-    msg.services.extend(draw(st.lists(_service(), min_size=count, max_size=count)))  # type: ignore[arg-type]
+    msg.services.extend(draw(st.lists(_service(), min_size=count, max_size=count)))
     return msg
 
 
