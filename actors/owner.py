@@ -44,6 +44,7 @@ import ray
 
 from actors._apply import InternalError, JoinRemote, Step, apply_one
 from actors._gc import freeze_loaded, tune_gc
+from actors.channel import ChannelServer, Endpoint
 from actors.compact import Directory
 from actors.messages import (
     FAILED_PRECONDITION,
@@ -218,11 +219,20 @@ class ShardOwner:
         self._answers_pruned_at = time.monotonic()
         loop = asyncio.get_running_loop()  # Ray async actors run __init__ on their event loop
         self._tasks = [loop.create_task(self._run()), loop.create_task(self._sweep_loop())]
+        # Charging batches from front doors also arrive directly (actors/channel.py): same submit.
+        host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        self._channel = ChannelServer(self.submit, host=host)
+        self._channel.start_soon()
 
     # -- public methods (Ray calls) ---------------------------------------------------------
 
     async def ping(self) -> str:
         return self._name
+
+    async def endpoint(self) -> Endpoint:
+        """Where front doors send charging batches directly, with this incarnation's secret
+        (handed out over Ray's authenticated call only; a restart makes a new one)."""
+        return await self._channel.start()
 
     async def ready(self, timeout_s: float = 60.0) -> bool:
         """Wait until the owner holds and has loaded its vshards (for start-up and tests)."""
@@ -272,7 +282,9 @@ class ShardOwner:
             reply = self._classify(request, current, index, local, forwards, joins)
             replies[index] = reply
         waits: list[asyncio.Future[None]] = []
-        if local:
+        if local and not forwards and not joins:  # the usual batch: no task, no gather
+            await self._fill(replies, local, [requests[i] for i in local])
+        elif local:
             waits.append(
                 asyncio.ensure_future(self._fill(replies, local, [requests[i] for i in local]))
             )
@@ -369,6 +381,7 @@ class ShardOwner:
         for task in self._tasks:
             task.cancel()
         self._fail_queued("owner shutting down")
+        await self._channel.close()
         await self._store.close()
 
     # -- classification and forwarding --------------------------------------------------------

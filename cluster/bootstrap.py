@@ -9,8 +9,10 @@ Used by ``billing serve``, ``billing demo``, ``billing frontdoor`` and the integ
 - Owners and the shard manager: engineer O's :func:`actors.bootstrap.start_cluster` (starts or
   joins the detached actors and waits until every owner has loaded its vshards).
 - The front door: :func:`start_frontdoor` wires a :class:`~cluster.frontdoor.FrontDoor` to the
-  Ray side through :mod:`cluster.owners`. It needs only a Ray connection: several front doors
-  (in this or other processes) can run side by side on different ports.
+  Ray side through :mod:`cluster.owners`; charging batches go over each owner's direct channel
+  (``transport="direct"``, the default) or as Ray calls (``"ray"``). It needs only a Ray
+  connection: several front doors (in this or other processes) can run side by side on
+  different ports.
 """
 
 from __future__ import annotations
@@ -25,12 +27,19 @@ from typing import Any
 from actors._gc import tune_gc
 from cluster import telemetry
 from cluster.frontdoor import Dispatcher, FrontDoor
-from cluster.owners import NAMESPACE, RayMapSource, RayOwnerDirectory, RayPlanService
+from cluster.owners import (
+    NAMESPACE,
+    TRANSPORT_DEFAULT,
+    RayMapSource,
+    RayPlanService,
+    owner_directory,
+)
 from cluster.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 OBJECT_STORE_MB_DEFAULT = 200
+MAX_IN_FLIGHT_FRONTDOOR = 1  # batches in flight per owner (benchmarks/README.md, direct channel)
 
 
 class StartupError(RuntimeError):
@@ -178,24 +187,31 @@ async def start_frontdoor(
     request_timeout_s: float | None = None,
     telemetry: Telemetry | None = None,
     namespace: str = NAMESPACE,
+    transport: str = TRANSPORT_DEFAULT,
+    max_in_flight: int = MAX_IN_FLIGHT_FRONTDOOR,
 ) -> FrontDoor:
     """A started front door on ``host:port`` (0 = any free port) against the running cluster.
+
+    ``transport``: how charging batches reach the owners, ``"direct"`` (each owner's channel,
+    actors/channel.py) or ``"ray"`` (a Ray actor call per batch). ``max_in_flight``: batches in
+    flight per owner (cluster/batching.py).
 
     Also raises this process's collector thresholds (actors/_gc.py, as the owners do): a front
     door allocates a future, a request and an answer per message over a large long-lived heap
     (Ray driver, gRPC, protobuf); with CPython's defaults the young collections took ~17 % of its
     CPU under streaming load (measured: 38 -> 31 µs per request in the front door).
     """
+    owners = owner_directory(transport, namespace)  # a bad transport fails before anything starts
     tune_gc()
     maps = RayMapSource(namespace=namespace)
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"max_in_flight": max_in_flight}
     if queue_max is not None:
         options["queue_max"] = queue_max
     if batch_max is not None:
         options["batch_max"] = batch_max
     if request_timeout_s is not None:
         options["request_timeout_s"] = request_timeout_s
-    dispatcher = Dispatcher(maps, RayOwnerDirectory(namespace), telemetry=telemetry, **options)
+    dispatcher = Dispatcher(maps, owners, telemetry=telemetry, **options)
     door = FrontDoor(dispatcher, RayPlanService(maps), host=host, port=port, telemetry=telemetry)
     try:
         await door.start()

@@ -30,7 +30,8 @@ from pathlib import Path
 from rich.console import Console
 
 from cluster import telemetry
-from cluster.bootstrap import OBJECT_STORE_MB_DEFAULT, StartupError
+from cluster.bootstrap import MAX_IN_FLIGHT_FRONTDOOR, OBJECT_STORE_MB_DEFAULT, StartupError
+from cluster.owners import TRANSPORT_DEFAULT, TRANSPORTS
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -71,6 +72,8 @@ async def _run_frontdoor(args: argparse.Namespace, banner: str) -> None:
         queue_max=args.queue_max,
         batch_max=args.batch_max,
         telemetry=telemetry.current(),
+        transport=args.owner_transport,
+        max_in_flight=args.max_in_flight,
     )
     console.print(f"{banner}\n[bold]front door listening on {door.address}[/bold] (Ctrl-C stops)")
     try:
@@ -533,6 +536,19 @@ def _door_options(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--port", type=int, default=port, help=f"gRPC port (default {port})")
     parser.add_argument("--queue-max", type=int, default=None, help="requests queued per owner")
     parser.add_argument("--batch-max", type=int, default=None, help="requests per owner batch")
+    parser.add_argument(
+        "--owner-transport",
+        choices=TRANSPORTS,
+        default=TRANSPORT_DEFAULT,
+        help="how charging batches reach the owners: their direct channel, or Ray calls"
+        f" (default {TRANSPORT_DEFAULT})",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=MAX_IN_FLIGHT_FRONTDOOR,
+        help=f"batches in flight per owner (default {MAX_IN_FLIGHT_FRONTDOOR})",
+    )
 
 
 def _load_options(parser: argparse.ArgumentParser, *, duration: float, subscribers: int) -> None:

@@ -59,6 +59,7 @@ from billing.protocol import BalanceResult, CreditControlAnswer, CreditControlRe
 from cluster import convert
 from cluster.batching import (
     BATCH_MAX_DEFAULT,
+    MAX_IN_FLIGHT_DEFAULT,
     QUEUE_MAX_DEFAULT,
     BatchRecord,
     OwnerBatcher,
@@ -188,6 +189,7 @@ class Dispatcher:
         *,
         queue_max: int = QUEUE_MAX_DEFAULT,
         batch_max: int = BATCH_MAX_DEFAULT,
+        max_in_flight: int = MAX_IN_FLIGHT_DEFAULT,
         request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
         telemetry: Telemetry | None = None,
     ) -> None:
@@ -195,6 +197,7 @@ class Dispatcher:
         self._owners = owners
         self._queue_max = queue_max
         self._batch_max = batch_max
+        self._max_in_flight = max_in_flight
         self.request_timeout_s = request_timeout_s
         self._telemetry = telemetry or current_telemetry()
         self._map: ShardMap | None = None
@@ -203,6 +206,10 @@ class Dispatcher:
         self._poller: asyncio.Task[None] | None = None
         self.stats = DispatchStats()
         self._telemetry.observe_queues(self.queue_depths)
+
+    @property
+    def owners(self) -> OwnerDirectory:
+        return self._owners
 
     @property
     def shard_map(self) -> ShardMap:
@@ -222,6 +229,9 @@ class Dispatcher:
                 await self._poller
         for batcher in list(self._batchers.values()):
             await batcher.close()
+        close_owners = getattr(self._owners, "close", None)  # connections of the direct channel
+        if close_owners is not None:
+            await close_owners()
 
     def queue_depths(self) -> dict[str, int]:
         return {name: batcher.depth for name, batcher in self._batchers.items()}
@@ -269,6 +279,7 @@ class Dispatcher:
                 self._owners.client(owner),
                 queue_max=self._queue_max,
                 batch_max=self._batch_max,
+                max_in_flight=self._max_in_flight,
                 on_batch=self._on_batch,
                 telemetry=self._telemetry,
             )

@@ -4,8 +4,17 @@ Thin adapters behind the front door's seams (:class:`cluster.frontdoor.MapSource
 :class:`~cluster.frontdoor.OwnerDirectory`, :class:`~cluster.frontdoor.PlanService`), so the
 front door's logic is tested against fakes and runs against Ray unchanged.
 
-Charging calls use ``max_task_retries=0`` (DESIGN.md section 7: with Ray retries on, 1 in 1,000
-side-effecting calls ran twice); the front door itself retries with the same idempotency key.
+Charging batches reach an owner one of two ways (``transport``):
+
+- ``"direct"`` (the default): :class:`DirectOwnerClient`, one authenticated TCP connection per
+  owner (actors/channel.py), calls multiplexed by id. The owner's ``endpoint()`` Ray method
+  hands out its address and per-incarnation secret; after a broken connection the client asks
+  again (a restarted owner listens on a new port with a new secret; a dead one fails the call).
+- ``"ray"``: :class:`RayOwnerClient`, one Ray actor call per batch (the baseline).
+
+Both keep the semantics of a Ray call with ``max_task_retries=0`` (DESIGN.md section 7: with Ray
+retries on, 1 in 1,000 side-effecting calls ran twice): a batch is sent once; a failure raises
+(the batcher answers Unavailable) and the front door retries with the same idempotency key.
 Handles are looked up by name (owners are named and detached) and looked up again after a
 failure, so an owner that was restarted or re-created is found.
 """
@@ -13,11 +22,14 @@ failure, so an owner that was restarted or re-created is found.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
 from grpc import StatusCode
 
+from actors.channel import FRAME_MAX_DEFAULT, ChannelConnection, Endpoint
 from actors.messages import (
     INVALID_ARGUMENT,
     NOT_FOUND,
@@ -35,6 +47,10 @@ from sharding.shardmap import ShardMap
 
 NAMESPACE = "billing"
 MANAGER_NAME = "billing-shard-manager"
+TRANSPORTS = ("direct", "ray")
+TRANSPORT_DEFAULT = "direct"
+CALL_TIMEOUT_S_DEFAULT = 30.0  # a batch unanswered this long: the connection is declared dead
+CONNECT_TIMEOUT_S_DEFAULT = 5.0  # endpoint() over Ray + TCP connect + handshake
 
 
 async def _actor(name: str, namespace: str) -> Any:
@@ -71,6 +87,136 @@ class RayOwnerDirectory:
         if client is None:
             client = self._clients[owner] = RayOwnerClient(owner, self._namespace)
         return client
+
+    async def close(self) -> None:
+        """Nothing to close: Ray owns the connections."""
+
+
+EndpointSource = Callable[[], Awaitable[Endpoint]]
+
+
+class DirectOwnerClient:
+    """Submits micro-batches to one owner over its direct channel (actors/channel.py).
+
+    One connection, opened on first use and shared by every batch in flight. A connection that
+    breaks, or a batch unanswered within ``call_timeout_s``, fails every batch in flight on it
+    (raised: the batcher answers Unavailable, the front door retries with the same key). The next
+    batch asks the owner for its endpoint again through Ray and connects anew, within
+    ``connect_timeout_s`` (a frozen owner makes that time out; a dead one makes the Ray call
+    fail). A batch is never sent twice by this client. Only this owner's batches wait on its
+    connection: a stuck owner does not hold up the others.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        namespace: str = NAMESPACE,
+        *,
+        endpoint: EndpointSource | None = None,
+        call_timeout_s: float = CALL_TIMEOUT_S_DEFAULT,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
+        frame_max: int = FRAME_MAX_DEFAULT,
+    ) -> None:
+        if not call_timeout_s > 0 or not connect_timeout_s > 0:
+            raise ValueError(
+                f"call_timeout_s and connect_timeout_s must be > 0,"
+                f" got {call_timeout_s}, {connect_timeout_s}"
+            )
+        self._name = name
+        self._namespace = namespace
+        self._endpoint = endpoint or self._ray_endpoint
+        self._call_timeout_s = call_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._frame_max = frame_max
+        self._handle: Any = None
+        self._connection: ChannelConnection | None = None
+        self._connecting: asyncio.Future[ChannelConnection] | None = None
+        self.connects = 0  # connections opened (a reconnect after every break)
+
+    async def submit(self, requests: list[OwnerRequest]) -> list[OwnerReply]:
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._connect()  # nothing sent yet: connecting is safe
+        replies: list[OwnerReply] = await connection.call(requests, self._call_timeout_s)
+        return replies
+
+    async def _connect(self) -> ChannelConnection:
+        """The live connection, opening one if needed (one attempt shared by every caller)."""
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+            self._connecting.add_done_callback(self._connect_done)
+        return await asyncio.shield(self._connecting)
+
+    def _connect_done(self, future: asyncio.Future[ChannelConnection]) -> None:
+        self._connecting = None
+        if not future.cancelled():
+            future.exception()  # retrieved here: every waiter may have left
+
+    async def _open(self) -> ChannelConnection:
+        async with asyncio.timeout(self._connect_timeout_s):
+            endpoint = await self._endpoint()
+            connection = await ChannelConnection.open(
+                endpoint, timeout_s=self._connect_timeout_s, frame_max=self._frame_max
+            )
+        old, self._connection = self._connection, connection
+        self.connects += 1
+        if old is not None:
+            await old.close()
+        return connection
+
+    async def _ray_endpoint(self) -> Endpoint:
+        """The owner's endpoint and this incarnation's secret, over its Ray handle."""
+        if self._handle is None:
+            self._handle = await _actor(self._name, self._namespace)
+        try:
+            endpoint: Endpoint = await self._handle.endpoint.remote()
+        except BaseException:
+            self._handle = None  # look the actor up again next time (it may be re-created)
+            raise
+        return endpoint
+
+    async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+
+class DirectOwnerDirectory:
+    """One :class:`DirectOwnerClient` (one connection) per owner."""
+
+    def __init__(self, namespace: str = NAMESPACE, **options: Any) -> None:
+        self._namespace = namespace
+        self._options = options
+        self._clients: dict[str, DirectOwnerClient] = {}
+
+    def client(self, owner: str) -> DirectOwnerClient:
+        client = self._clients.get(owner)
+        if client is None:
+            client = DirectOwnerClient(owner, self._namespace, **self._options)
+            self._clients[owner] = client
+        return client
+
+    def connects(self) -> dict[str, int]:
+        """Connections opened per owner so far (1 + reconnects after breaks)."""
+        return {name: client.connects for name, client in self._clients.items()}
+
+    async def close(self) -> None:
+        for client in list(self._clients.values()):
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
+def owner_directory(
+    transport: str, namespace: str = NAMESPACE
+) -> RayOwnerDirectory | DirectOwnerDirectory:
+    """The owner directory of ``transport`` ("direct" or "ray")."""
+    if transport == "direct":
+        return DirectOwnerDirectory(namespace)
+    if transport == "ray":
+        return RayOwnerDirectory(namespace)
+    raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
 
 
 class RayMapSource:

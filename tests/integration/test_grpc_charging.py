@@ -1,7 +1,8 @@
 """PROTOCOL.md over gRPC, end to end: real front doors, real Ray owners, real PostgreSQL.
 
 One system per module (starting owners costs seconds): two front doors side by side on
-localhost (stateless, either may be used), two owners on the session's local Ray cluster, a
+localhost (stateless, either may be used; the first reaches the owners over their direct channel,
+the second with Ray calls, so a session may move between the transports), two owners on the session's local Ray cluster, a
 database of the module's own. Every test uses its own subscriber ids, and the module ends with
 the conservation audit (the journal reproduces every balance).
 """
@@ -65,7 +66,7 @@ def system(ray_cluster: Any, pg_server: str) -> Iterator[System]:
             config=OwnerConfig(dsn=dsn, sweep_interval_s=0.2),
             ready_timeout_s=120,
         )
-        doors = [DoorThread(), DoorThread()]
+        doors = [DoorThread(transport="direct"), DoorThread(transport="ray")]
         try:
             addresses = [door.start() for door in doors]
             channels = [grpc.insecure_channel(address) for address in addresses]

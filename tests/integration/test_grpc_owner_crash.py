@@ -1,6 +1,8 @@
 """An owner process killed in the middle of load over gRPC: the front door retries (same key)
 while Ray restarts the owner; every answer that said success is in the journal, no idempotency
-key is charged twice, and the journal reproduces every balance."""
+key is charged twice, and the journal reproduces every balance. Over both owner transports: the
+direct channel (its connection breaks; the front door asks the restarted owner for its new
+endpoint) and Ray calls."""
 
 from __future__ import annotations
 
@@ -69,14 +71,16 @@ def _drive(address: str, part: list[str], done: list[tuple[str, pb.CreditControl
             done.append((f"cc:e{round_}-{sid}#0", _ask(stub, event)))
 
 
+@pytest.mark.parametrize("transport", ["direct", "ray"])
 def test_killed_owner_mid_load_loses_no_acknowledged_answer(
-    ray_cluster: Any, pg_server: str
+    ray_cluster: Any, pg_server: str, transport: str
 ) -> None:
     from actors.bootstrap import start_cluster, stop_cluster
+    from cluster.owners import DirectOwnerDirectory
 
     with database(pg_server) as dsn:
         handles = start_cluster(dsn, owners=2, vshard_count=64, ready_timeout_s=120)
-        door = DoorThread()
+        door = DoorThread(transport=transport)
         try:
             address = door.start()
             accounts = pb_grpc.AccountsStub(grpc.insecure_channel(address))
@@ -106,6 +110,12 @@ def test_killed_owner_mid_load_loses_no_acknowledged_answer(
             after = {status.name: status for status in handles.statuses()}[victim]
             assert after.pid != before.pid, "the owner was not restarted"
             assert door.door is not None and door.door.dispatcher.stats.unavailable_retries > 0
+            owners = door.door.dispatcher.owners
+            if transport == "direct":  # the victim's connection broke; a new one was opened
+                assert isinstance(owners, DirectOwnerDirectory)
+                assert owners.connects()[victim] >= 2, owners.connects()
+            else:
+                assert not isinstance(owners, DirectOwnerDirectory)
         finally:
             door.stop()
             stop_cluster(handles)
