@@ -41,9 +41,24 @@ SQL_END_SESSIONS = (
     b"DELETE FROM sessions s USING jsonb_array_elements(%s::jsonb) AS d"
     b" WHERE s.vshard = (d->>0)::integer AND s.session_id = d->>1"
 )
+# The whole plain-PostgreSQL group commit as one statement (migration 0003): the fence, then the
+# writes; the batches in the order of COMMIT_ARGS (None: nothing of that kind).
+SQL_COMMIT = (
+    b"SELECT billing_commit(%s::integer[], %s::bigint[], %s::jsonb, %s::jsonb, %s::jsonb,"
+    b" %s::jsonb, %s::jsonb, %s::jsonb, %s::jsonb)"
+)
 SQL_ANSWERS = (
     b"INSERT INTO answers (vshard, idempotency_key, kind, answer)"
     b" SELECT (r->>0)::integer, r->>1, r->>2, (r->3)::text FROM jsonb_array_elements(%s::jsonb) AS r"
+)
+COMMIT_ARGS = (
+    SQL_JOURNAL,
+    SQL_SUBSCRIBERS,
+    SQL_ACCOUNTS,
+    SQL_BUCKETS,
+    SQL_SESSIONS,
+    SQL_END_SESSIONS,
+    SQL_ANSWERS,
 )
 
 AUDIT_QUERIES: list[tuple[str, str]] = [

@@ -4,15 +4,19 @@ The contract (../team/PERSIST_API.md) in one paragraph: an owner calls :meth:`St
 for its vshards (bumping each vshard's epoch, which fences out any previous owner), then
 :meth:`Store.load` to rebuild their state, then :meth:`Store.commit` once per batch with the
 epochs it was given. A commit is ONE transaction: the epoch of every vshard it touches is checked
-(and held with ``FOR SHARE`` so a takeover waits for it), then the journal, upserts, deletes and
-answers are written, each as one statement for the whole batch. A stale epoch raises
-:class:`NotOwner` and writes nothing; any other failure raises :class:`StoreUnavailable` and
-nothing is acknowledged (DESIGN.md invariants 2, 3, 5). Only after ``commit`` returns may the
+(under a lock a takeover must wait for), then the journal, upserts, deletes and answers are
+written, each as one statement for the whole batch. On plain PostgreSQL the whole commit is ONE
+statement, ``billing_commit()`` (migration 0003), sent on a connection the store holds for
+commits; several commits may run at once (``writers``), each on its own connection. A stale
+epoch raises :class:`NotOwner` and writes nothing; any other failure raises
+:class:`StoreUnavailable` and nothing is acknowledged (DESIGN.md invariants 2, 3, 5). Only after ``commit`` returns may the
 owner send the batch's answers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import weakref
@@ -26,6 +30,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
+from psycopg import pq
 
 from billing.protocol import BalanceResult, CreditControlAnswer
 from billing.state import Bucket, Changes, ShardState
@@ -53,7 +58,8 @@ __all__ = [
 ]
 
 _MIGRATION_LOCK = 0x62696C6C  # pg_advisory_xact_lock key: "bill"
-_FENCE_SQLSTATE = "BF001"  # raised by billing_fence() (migration 0002)
+_FENCE_SQLSTATE = "BF001"  # raised by billing_fence() (0002) and billing_commit() (0003)
+_COMMIT_LOCK = 0x62696C6C  # advisory lock (key, vshard): a vshard's commits vs its takeover
 _CONNECT_TIMEOUT_S = 5
 _RECONNECT_TIMEOUT_S = 5.0
 _CHECK_IDLE_S = 1.0  # probe a pooled connection before use if idle longer than this
@@ -115,8 +121,8 @@ def _translate(what: str) -> Iterator[None]:
         detail = (e.diag.message_detail or "").split()
         vshard, expected, actual = int(detail[0]), int(detail[1]), detail[2]
         raise NotOwner(vshard, expected, None if actual == "-" else int(actual)) from e
-    except OSError as e:
-        raise StoreUnavailable(f"{what} failed: {e}") from e
+    except (OSError, TimeoutError) as e:
+        raise StoreUnavailable(f"{what} failed: {type(e).__name__}: {e}") from e
 
 
 def _translated(what: str, e: psycopg.Error) -> StoreError:
@@ -137,7 +143,8 @@ class Store:
     Keyword arguments: pool sizes; ``timeout_s`` is how long a call waits for a connection before
     :class:`StoreUnavailable`; ``answer_horizon`` is how far back :meth:`load` reads answers
     (idempotency for retries; older keys are still refused by the journal's unique key);
-    ``max_commit_rows`` bounds one commit (invariant 6: a bigger one is refused, not tried).
+    ``max_commit_rows`` bounds one commit (invariant 6: a bigger one is refused, not tried);
+    ``writers`` is how many commits may run at once, each on a connection of its own.
     """
 
     def __init__(
@@ -149,10 +156,20 @@ class Store:
         timeout_s: float = 10.0,
         answer_horizon: timedelta = timedelta(days=1),
         max_commit_rows: int = 200_000,
+        writers: int = 2,
     ) -> None:
         if not 1 <= min_size <= max_size:
             raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
+        if writers < 1:
+            raise ValueError(f"writers must be >= 1, got {writers}")
         self.dsn = dsn
+        self.writers = writers
+        self._timeout_s = timeout_s
+        # Group commits run on connections of their own, held between commits (no pool
+        # checkout per commit); at most ``writers`` at once (each commit on its own connection).
+        self._idle_writers: list[tuple[psycopg.AsyncConnection[Any], float]] = []
+        self._writer_slots = asyncio.Semaphore(writers)
+        self._closed = False
         self.answer_horizon = answer_horizon
         self.max_commit_rows = max_commit_rows
         self._citus = False
@@ -195,6 +212,11 @@ class Store:
                 self._citus = await cur.fetchone() is not None
 
     async def close(self) -> None:
+        self._closed = True
+        idle, self._idle_writers = self._idle_writers, []
+        for conn, _ in idle:
+            with contextlib.suppress(Exception):
+                await conn.close()
         await self._pool.close()
 
     async def __aenter__(self) -> Store:
@@ -244,13 +266,21 @@ class Store:
     async def take_over(self, vshards: Sequence[int], owner: str) -> dict[int, int]:
         """Bump the epoch of each vshard (creating its lease at epoch 1) and record ``owner``.
 
-        Returns vshard -> new epoch. The UPDATE waits for any in-flight commit holding the old
-        epoch (``FOR SHARE``), so once this returns no write of a previous owner can land.
+        Returns vshard -> new epoch. It first takes each vshard's commit lock exclusively
+        (``billing_commit`` holds it shared), and the UPDATE waits for any Citus-path commit
+        holding the lease ``FOR SHARE``: in-flight commits of the old epoch finish first, so once
+        this returns no write of a previous owner can land.
         """
         if not owner:
             raise ValueError("owner must be a non-empty name")
         wanted = sorted(set(vshards))
         async with self._tx("take_over") as conn:
+            # The commit locks of these vshards, exclusively and in order (billing_commit holds
+            # them shared): in-flight commits finish first, later ones see the new epoch.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, v) FROM unnest(%s::integer[]) AS v",
+                (_COMMIT_LOCK, wanted),
+            )
             cur = await conn.execute(
                 "INSERT INTO shard_leases (vshard, epoch, owner, updated_at)"
                 " SELECT v, 1, %s, now() FROM unnest(%s::integer[]) AS v"
@@ -411,13 +441,62 @@ class Store:
                     for sql, batch in writes:
                         await conn.execute(sql, (batch,))
             return
-        # One round trip: BEGIN, the fence, the writes and COMMIT go out as one pipeline. The
-        # fence is the first statement: if it fails, nothing after it runs.
+        # Plain PostgreSQL: ONE statement, billing_commit() (migration 0003), on a held
+        # autocommit connection: its own transaction, the fence first, then the writes; one
+        # round trip and one prepared statement instead of a pipeline of nine.
+        by_sql = dict(writes)
+        params = (touched, [epochs[v] for v in touched], *(by_sql.get(s) for s in q.COMMIT_ARGS))
         with _translate("commit"):
-            async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-                await conn.execute(q.SQL_FENCE, (touched, [epochs[v] for v in touched]))
-                for sql, batch in writes:
-                    await conn.execute(sql, (batch,))
+            await self._write(params)
+
+    async def _write(self, params: Sequence[Any]) -> None:
+        """Run ``billing_commit`` on a writer connection (bounded by ``writers``).
+
+        A connection whose state is unknown after a failure (lost, cancelled mid-statement) is
+        closed, and the next commit connects afresh; after a server-side refusal (a stale epoch,
+        a repeated key) it is idle and clean, and kept.
+        """
+        async with self._writer_slots:
+            conn = await self._writer()
+            try:
+                await conn.execute(q.SQL_COMMIT, params, prepare=True)
+            except BaseException:
+                if conn.closed or conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+                else:
+                    self._idle_writers.append((conn, time.monotonic()))
+                raise
+            if self._closed:
+                await conn.close()
+            else:
+                self._idle_writers.append((conn, time.monotonic()))
+
+    async def _writer(self) -> psycopg.AsyncConnection[Any]:
+        """An idle writer connection (probed first if it sat idle a while), or a new one."""
+        while self._idle_writers:
+            conn, since = self._idle_writers.pop()
+            if conn.closed:
+                continue
+            if time.monotonic() - since <= _CHECK_IDLE_S:
+                return conn
+            try:
+                await conn.execute("")
+                return conn
+            except psycopg.Error:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        if self._closed:
+            raise StoreUnavailable("the store is closed; nothing was written")
+        return await asyncio.wait_for(
+            psycopg.AsyncConnection.connect(
+                self.dsn,
+                autocommit=True,
+                options="-c TimeZone=UTC",
+                connect_timeout=_CONNECT_TIMEOUT_S,
+            ),
+            self._timeout_s,
+        )
 
     async def _check_epochs(
         self, conn: psycopg.AsyncConnection[Any], touched: list[int], epochs: Mapping[int, int]

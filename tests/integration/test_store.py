@@ -194,7 +194,7 @@ def test_citus_style_epoch_check_path(store: Store, aio: asyncio.Runner, pg_dsn:
 
 
 def test_take_over_waits_for_a_commit_in_flight(store: Store, aio: asyncio.Runner) -> None:
-    """The lease row is held FOR SHARE by a commit: a takeover cannot slip in between the
+    """The vshard's commit lock is held by a commit: a takeover cannot slip in between the
     epoch check and COMMIT, so the new owner's load sees every write the old owner made."""
 
     async def scenario() -> list[str]:
@@ -204,9 +204,10 @@ def test_take_over_waits_for_a_commit_in_flight(store: Store, aio: asyncio.Runne
             # Hold the answers table so the commit stops after its epoch check.
             await blocker.execute("LOCK TABLE answers IN EXCLUSIVE MODE")
             commit = asyncio.create_task(store.commit(full_changes(3), epochs))
-            await _wait_for_lock_waiter(store.dsn, "INSERT INTO answers")
+            # The commit is one statement, billing_commit() (its INSERT INTO answers waits).
+            await _wait_for_lock_waiter(store.dsn, "SELECT billing_commit")
             takeover = asyncio.create_task(store.take_over([3], "owner-b"))
-            await _wait_for_lock_waiter(store.dsn, "INSERT INTO shard_leases")
+            await _wait_for_lock_waiter(store.dsn, "SELECT pg_advisory_xact_lock")
             events.append("takeover blocked" if not takeover.done() else "takeover ran")
             await blocker.rollback()
         await commit
@@ -218,6 +219,61 @@ def test_take_over_waits_for_a_commit_in_flight(store: Store, aio: asyncio.Runne
         return events
 
     assert aio.run(scenario()) == ["takeover blocked", "commit done", "loaded 1 account(s)"]
+
+
+def test_commit_during_a_takeover_waits_then_writes_nothing(
+    store: Store, aio: asyncio.Runner, pg_dsn: str
+) -> None:
+    """A commit sent while a takeover of its vshard is under way waits for it, then reads the new
+    epoch (not the one it would have seen before waiting): NotOwner, nothing written."""
+
+    async def scenario() -> None:
+        epochs = await store.take_over([3], "owner-a")
+        async with await psycopg.AsyncConnection.connect(store.dsn) as blocker:
+            # The takeover stops after taking the commit lock, before its epoch UPDATE commits.
+            await blocker.execute("LOCK TABLE shard_leases IN EXCLUSIVE MODE")
+            takeover = asyncio.create_task(store.take_over([3], "owner-b"))
+            await _wait_for_lock_waiter(store.dsn, "INSERT INTO shard_leases")
+            commit = asyncio.create_task(store.commit(full_changes(3), epochs))
+            await _wait_for_lock_waiter(store.dsn, "SELECT billing_commit")
+            await blocker.rollback()
+        assert (await takeover) == {3: 2}
+        with pytest.raises(NotOwner) as info:
+            await commit
+        assert (info.value.expected_epoch, info.value.actual_epoch) == (1, 2)
+
+    aio.run(scenario())
+    for table in SUBSCRIBER_TABLES:
+        assert count(pg_dsn, table) == 0, table
+
+
+def test_concurrent_commits_of_one_owner_share_vshards(
+    store: Store, aio: asyncio.Runner, pg_dsn: str
+) -> None:
+    """Commits in flight at once (one connection each, up to ``writers``) on the same vshard
+    both land; a takeover afterwards fences both connections."""
+
+    async def scenario() -> None:
+        epochs = await store.take_over([3], "owner-a")
+        batches = []
+        for i in range(store.writers + 2):
+            ch = Changes()
+            ch.accounts[f"c-{i}"] = sample.account(f"c-{i}", 3, balance_micros=5)
+            ch.journal.append(sample.entry(3, f"c-{i}", f"open:c-{i}", amount_micros=5))
+            batches.append(ch)
+        await asyncio.gather(*(store.commit(ch, epochs) for ch in batches))
+        await store.take_over([3], "owner-b")
+        late = [Changes() for _ in range(store.writers)]
+        for i, ch in enumerate(late):
+            ch.accounts[f"c-{i}"] = sample.account(f"c-{i}", 3, balance_micros=1)
+        results = await asyncio.gather(
+            *(store.commit(ch, epochs) for ch in late), return_exceptions=True
+        )
+        assert all(isinstance(r, NotOwner) for r in results), results
+
+    aio.run(scenario())
+    assert count(pg_dsn, "journal") == store.writers + 2
+    assert aio.run(store.audit()) == []
 
 
 async def _wait_for_lock_waiter(dsn: str, statement: str, timeout_s: float = 30.0) -> int:
@@ -250,7 +306,7 @@ def test_connection_killed_mid_commit_leaves_nothing(
         async with await psycopg.AsyncConnection.connect(pg_dsn) as blocker:
             await blocker.execute("LOCK TABLE answers IN EXCLUSIVE MODE")
             commit = asyncio.create_task(store.commit(full_changes(3), epochs))
-            pid = await _wait_for_lock_waiter(pg_dsn, "INSERT INTO answers")
+            pid = await _wait_for_lock_waiter(pg_dsn, "SELECT billing_commit")
             async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as killer:
                 await killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
             with pytest.raises(StoreUnavailable):
@@ -258,7 +314,7 @@ def test_connection_killed_mid_commit_leaves_nothing(
             await blocker.rollback()
         for table in SUBSCRIBER_TABLES:
             assert count(pg_dsn, table) == 0, table
-        await store.commit(full_changes(3), epochs)  # the pool replaced the dead connection
+        await store.commit(full_changes(3), epochs)  # a new connection replaced the dead one
 
     aio.run(scenario())
     assert count(pg_dsn, "journal") == 2
