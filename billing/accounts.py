@@ -101,7 +101,6 @@ class Poster:
         state: ShardState,
         key: str,
         at: datetime,
-        *,
         session_id: str | None = None,
         request_number: int | None = None,
         record_id: str | None = None,

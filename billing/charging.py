@@ -34,7 +34,7 @@ from billing.protocol import (
     ServiceUsage,
     Units,
 )
-from billing.quota import funds_for, order_problem
+from billing.quota import spending, version_profile
 from billing.rating import RatingError
 from billing.sessions import (
     continue_session,
@@ -77,7 +77,12 @@ _UNIT_FIELDS = (
 )
 
 
-def _check_units(units: Units, where: str) -> str | None:
+def _units_problem(units: Units) -> str | None:
+    """The first amount of ``units`` outside ``[0, MAX_UNITS]`` as ``"<field>: what is wrong"``.
+
+    The caller prefixes the path of the units in the request; the path is only formatted for a
+    malformed request, never on the common, valid one.
+    """
     # Bitwise OR of the amounts is negative iff one is, and (MAX_UNITS being 2**50 - 1) above
     # MAX_UNITS iff one is: one comparison for the common, valid case.
     combined = (
@@ -93,7 +98,7 @@ def _check_units(units: Units, where: str) -> str | None:
     for name in _UNIT_FIELDS:
         value = getattr(units, name)
         if not 0 <= value <= MAX_UNITS:
-            return f"{where}.{name}: must be in [0, {MAX_UNITS}], got {value}"
+            return f"{name}: must be in [0, {MAX_UNITS}], got {value}"
     return None  # pragma: no cover - the combined check above is exact
 
 
@@ -160,10 +165,11 @@ def _check_entry(entry: ServiceUsage, index: int) -> tuple[ResultCode, str] | No
             ResultCode.MISSING_AVP,
             f"services[{index}]: rating_group or service_identifier is missing",
         )
-    if entry.requested is not None:
-        problem = _check_units(entry.requested, f"services[{index}].requested")
-        if problem:
-            return ResultCode.INVALID_AVP_VALUE, problem
+    requested = entry.requested
+    if requested is not None:
+        problem = _units_problem(requested)
+        if problem is not None:
+            return ResultCode.INVALID_AVP_VALUE, f"services[{index}].requested.{problem}"
     used = entry.used
     if used:
         if len(used) > MAX_USED_PARTS:
@@ -172,9 +178,12 @@ def _check_entry(entry: ServiceUsage, index: int) -> tuple[ResultCode, str] | No
                 f"services[{index}].used: at most {MAX_USED_PARTS} reports",
             )
         for part, report in enumerate(used):
-            problem = _check_units(report.units, f"services[{index}].used[{part}].units")
-            if problem:
-                return ResultCode.INVALID_AVP_VALUE, problem
+            problem = _units_problem(report.units)
+            if problem is not None:
+                return (
+                    ResultCode.INVALID_AVP_VALUE,
+                    f"services[{index}].used[{part}].units.{problem}",
+                )
     return None
 
 
@@ -254,7 +263,8 @@ def handle(
         version = plan.version_at(now)
     except (TariffError, RatingError, KeyError) as err:
         return _failure(request, ResultCode.RATING_FAILED, f"plan {plan_id!r}: {err}")
-    refused = order_problem(version.consumption_order)
+    profile = version_profile(version)
+    refused = profile.order_problem
     if refused is not None:
         return _failure(request, ResultCode.RATING_FAILED, f"plan {plan_id!r}: {refused}")
     destination, visited_plmn = request.destination, request.visited_plmn
@@ -262,7 +272,7 @@ def handle(
         # The called party is fixed when the session starts; the visited network may change.
         destination = session.destination if session.destination is not None else destination
         visited_plmn = visited_plmn if visited_plmn is not None else session.visited_plmn
-    funds = funds_for(state, key, account, plan, version, destination, visited_plmn)
+    funds = spending(state, key, account, plan, profile, destination, visited_plmn)
     if kind is _INITIAL:
         return open_session(funds, request, request.subscriber_id, now)
     if kind is _EVENT:

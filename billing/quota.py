@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from billing.accounts import Poster, available_micros, consumption_key, money_floor
+from billing.accounts import Poster, available_micros, consumption_key
 from billing.protocol import PaymentMode, ServiceKind
 from billing.rating import (
     UsageEvent,
@@ -36,8 +36,9 @@ from billing.state import Account, Bucket, EntryKind, Reservation, ShardState
 from billing.tariff import Plan, PlanVersion, ServiceTerms
 
 _ONE_SECOND = timedelta(seconds=1)
-# id(plan version) -> (that version, the services it prices with volume tiers)
-_TIERED: dict[int, tuple[PlanVersion, frozenset[ServiceKind]]] = {}
+# id(plan version) -> what charging derives from that version (which holds the version itself, so
+# the id cannot be reused while the entry exists)
+_PROFILES: dict[int, VersionProfile] = {}
 _SWITCH_HORIZON = timedelta(hours=6)
 # (plan id, service) -> (plan, s0, horizon, first switch in (s0, horizon) or None): one answer of
 # rating.next_tariff_switch over a long window, reused while it still decides a shorter one.
@@ -45,8 +46,6 @@ _SWITCH_HORIZON = timedelta(hours=6)
 _SWITCHES: dict[tuple[str, ServiceKind], tuple[Plan, datetime, datetime, datetime | None]] = {}
 # (plan id, service, s0, rating group, destination, visited network, units) -> (plan, price)
 _PRICES: dict[tuple[object, ...], tuple[Plan, int]] = {}
-# consumption order -> order_problem's answer (a pure function of the tuple)
-_ORDER_PROBLEMS: dict[tuple[str, ...], str | None] = {}
 # validity seconds -> timedelta, and (service, year, month) -> tier counter key: small immutable
 # values rebuilt per request otherwise.
 _SPANS: dict[int, timedelta] = {}
@@ -56,6 +55,49 @@ _PREPAID = PaymentMode.PREPAID
 _RATED_ONLY = PaymentMode.RATED_ONLY
 _DEBIT = EntryKind.DEBIT
 _BUCKET_DEBIT = EntryKind.BUCKET_DEBIT
+_POSTPAID = PaymentMode.POSTPAID
+_HYBRID = PaymentMode.HYBRID
+
+
+@dataclass(frozen=True, slots=True)
+class VersionProfile:
+    """What charging derives from one plan version, computed once per version (not per request).
+
+    ``order_problem``: why its consumption order cannot be honoured (:func:`order_problem`);
+    ``bundles``/``money``/``credit``: the order lists bundles / some money / postpaid credit;
+    ``tiered``: the services it prices with volume tiers (a cycle counter is kept for them);
+    ``orphan_span``: silence after which a session is an orphan (factor x longest validity).
+    """
+
+    version: PlanVersion
+    order_problem: str | None
+    bundles: bool
+    money: bool
+    credit: bool
+    tiered: frozenset[ServiceKind]
+    orphan_span: timedelta
+
+
+def version_profile(version: PlanVersion) -> VersionProfile:
+    """The :class:`VersionProfile` of ``version`` (memoised per version object)."""
+    known = _PROFILES.get(id(version))
+    if known is not None and known.version is version:
+        return known
+    order = version.consumption_order
+    longest = max((t.validity_time_s for t in version.services), default=3600)
+    profile = VersionProfile(
+        version=version,
+        order_problem=order_problem(order),
+        bundles="bundles" in order,
+        money="prepaid" in order or "credit" in order,
+        credit="credit" in order,
+        tiered=frozenset(r.service for r in version.rates if len(r.tier_starts) > 1),
+        orphan_span=timedelta(seconds=version.orphan_timeout_factor * longest),
+    )
+    if len(_PROFILES) > 4096:
+        _PROFILES.clear()
+    _PROFILES[id(version)] = profile
+    return profile
 
 
 @dataclass(slots=True)
@@ -73,8 +115,14 @@ class Funds:
     use_buckets: bool
     use_money: bool
     rated_only: bool
+    profile: VersionProfile
     _group: str | None = None
     _group_known: bool = False
+    # The last bucket_candidates answer and its (service, rating group): one request asks for
+    # the same candidates to charge reported usage and then to reserve the next grant.
+    _candidates: list[Bucket] | None = None
+    _candidates_service: ServiceKind | None = None
+    _candidates_group: int | None = None
 
     @property
     def destination_group(self) -> str | None:
@@ -89,14 +137,43 @@ class Funds:
 
     def tiered(self, service: ServiceKind) -> bool:
         """True when a rate of ``service`` has volume tiers, so a cycle counter is kept."""
-        version = self.version
-        known = _TIERED.get(id(version))
-        if known is None or known[0] is not version:
-            tiers = frozenset(r.service for r in version.rates if len(r.tier_starts) > 1)
-            if len(_TIERED) > 4096:
-                _TIERED.clear()
-            known = _TIERED[id(version)] = (version, tiers)
-        return service in known[1]
+        return service in self.profile.tiered
+
+    def bucket_candidates(self, service: ServiceKind, rating_group: int | None) -> list[Bucket]:
+        """The account's buckets for this service, rating group and the request's destination
+        group, in consumption order, whether usable now or not (see :func:`matching_buckets`).
+
+        Kept for the request: within one step no bucket is added or removed, and what selects a
+        bucket here (its service, rating groups, destination groups, priority, expiry) never
+        changes; only its units do, and those are read by the caller.
+        """
+        found = self._candidates
+        if (
+            found is not None
+            and self._candidates_service is service
+            and self._candidates_group == rating_group
+        ):
+            return found
+        found = []
+        ids = self.state.buckets_by_account.get(self.account.account_id)
+        if ids:
+            buckets = self.state.buckets
+            for bucket_id in ids:
+                bucket = buckets[bucket_id]
+                if bucket.service is not service:
+                    continue
+                if bucket.rating_groups and rating_group not in bucket.rating_groups:
+                    continue
+                groups = bucket.destination_groups
+                if groups and self.destination_group not in groups:
+                    continue
+                found.append(bucket)
+            if len(found) > 1:
+                found.sort(key=consumption_key)
+        self._candidates = found
+        self._candidates_service = service
+        self._candidates_group = rating_group
+        return found
 
 
 def order_problem(order: tuple[str, ...]) -> str | None:
@@ -104,17 +181,10 @@ def order_problem(order: tuple[str, ...]) -> str | None:
 
     Money is one pool (prepaid down to 0, then credit down to the limit), so the supported orders
     use bundles, when listed, before money; a plan spending money before its bundles is refused
-    with this message rather than charged in a different order than it states.
+    with this message rather than charged in a different order than it states. Computed once
+    per plan version (:func:`version_profile`).
     """
-    try:
-        return _ORDER_PROBLEMS[order]
-    except KeyError:
-        pass
-    problem = _order_problem(order)
-    if len(_ORDER_PROBLEMS) > 256:
-        _ORDER_PROBLEMS.clear()
-    _ORDER_PROBLEMS[order] = problem
-    return problem
+    return _order_problem(order)
 
 
 def _order_problem(order: tuple[str, ...]) -> str | None:
@@ -136,20 +206,41 @@ def funds_for(
     destination: str | None,
     visited_plmn: str | None,
 ) -> Funds:
-    order = version.consumption_order
-    rated_only = account.payment_mode is _RATED_ONLY
+    """How the request with idempotency ``key`` may spend ``account`` under ``version``."""
+    return spending(state, key, account, plan, version_profile(version), destination, visited_plmn)
+
+
+def spending(
+    state: ShardState,
+    key: str,
+    account: Account,
+    plan: Plan,
+    profile: VersionProfile,
+    destination: str | None,
+    visited_plmn: str | None,
+) -> Funds:
+    """:func:`funds_for` with the version's profile already at hand (one per request).
+
+    The floor is :func:`billing.accounts.money_floor`: ``-credit_limit`` for a postpaid account,
+    or a hybrid one whose order names credit; else 0.
+    """
+    mode = account.payment_mode
+    rated_only = mode is _RATED_ONLY
     return Funds(  # positional, in field order: this runs for every request
         state,
         key,
         account,
         plan,
-        version,
+        profile.version,
         destination,
         visited_plmn,
-        money_floor(account, order),
-        "bundles" in order and not rated_only and account.account_id in state.buckets_by_account,
-        "prepaid" in order or "credit" in order,
+        -account.credit_limit_micros
+        if mode is _POSTPAID or (mode is _HYBRID and profile.credit)
+        else 0,
+        profile.bundles and not rated_only and account.account_id in state.buckets_by_account,
+        profile.money,
         rated_only,
+        profile,
     )
 
 
@@ -157,36 +248,24 @@ def matching_buckets(
     funds: Funds, service: ServiceKind, rating_group: int | None, at: datetime
 ) -> list[Bucket]:
     """The account's buckets usable at ``at`` for this usage, in consumption order."""
-    ids = funds.state.buckets_by_account.get(funds.account.account_id)
-    if not ids:
-        return []
-    buckets = funds.state.buckets
     found = []
-    for bucket_id in ids:
-        bucket = buckets[bucket_id]
-        if bucket.service is not service:
-            continue
+    for bucket in funds.bucket_candidates(service, rating_group):
         expires_at = bucket.expires_at
         if (expires_at is not None and at >= expires_at) or at < bucket.valid_from:
             continue  # not usable at ``at``: expired units are never used
-        if bucket.rating_groups and rating_group not in bucket.rating_groups:
-            continue
-        if bucket.destination_groups and funds.destination_group not in bucket.destination_groups:
-            continue
         found.append(bucket)
-    if len(found) > 1:
-        found.sort(key=consumption_key)
     return found
 
 
 def reserve(
     funds: Funds, terms: ServiceTerms, rating_group: int, wanted: int, now: datetime
-) -> Reservation:
+) -> tuple[Reservation, int]:
     """Grant up to ``wanted`` units, holding bucket units first and then their worst-case price.
 
-    The grant may be smaller than ``wanted`` (down to 0) when the account cannot cover more. A
-    rated-only account is granted ``wanted`` and holds nothing. Raises ``RatingError`` before
-    changing anything when the usage cannot be priced.
+    Returns the reservation and its validity time in whole seconds (it expires that long after
+    ``now``). The grant may be smaller than ``wanted`` (down to 0) when the account cannot cover
+    more. A rated-only account is granted ``wanted`` and holds nothing. Raises ``RatingError``
+    before changing anything when the usage cannot be priced.
     """
     service = terms.service
     takes: list[tuple[Bucket, int]] = []
@@ -235,15 +314,10 @@ def reserve(
             "reservations exceed what is available"
         )
         pending.accounts[account.account_id] = account
-    return Reservation(
-        rating_group=rating_group,
-        service=service,
-        granted_units=wanted - left,
-        money_micros=money,
-        bucket_units=held,
-        expires_at=now + _span(validity),
-        granted_at=now,
+    reservation = Reservation(  # positional, in field order: one per grant
+        rating_group, service, wanted - left, money, held, now + _span(validity), now
     )
+    return reservation, validity
 
 
 def release(state: ShardState, account: Account, reservation: Reservation) -> None:
@@ -336,12 +410,7 @@ def price_usage(
                         break
         if left:
             usage = UsageEvent(
-                service=service,
-                units=left,
-                start=start,
-                rating_group=rating_group,
-                destination=funds.destination,
-                visited_plmn=funds.visited_plmn,
+                service, left, start, rating_group, funds.destination, funds.visited_plmn
             )
             rating = rate(usage, funds.plan, at=start, cycle_units_before=counter + advance)
             assert rating.cost_micros >= 0, "a price is never negative"
@@ -349,13 +418,7 @@ def price_usage(
             money_units += left
             if tiered:
                 advance += rating.charged_units
-    return Priced(
-        takes=takes,
-        cost_micros=cost,
-        money_units=money_units,
-        counter_after=counter + advance if tiered else -1,
-        counter_key=counter_key,
-    )
+    return Priced(takes, cost, money_units, counter + advance if tiered else -1, counter_key)
 
 
 def apply_usage(

@@ -15,7 +15,8 @@ retention horizon to bound memory.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime
 
 from billing.accounts import Poster
 from billing.protocol import (
@@ -34,10 +35,8 @@ from billing.protocol import (
 from billing.quota import Funds, charge, release, reserve, tariff_switch
 from billing.rating import RatingError
 from billing.state import Account, Session, ShardState
-from billing.tariff import PlanVersion, ServiceTerms
+from billing.tariff import ServiceTerms
 
-# (plan, version) -> (the plan version, its orphan span): the span from its longest validity time
-_ORPHAN_SPANS: dict[tuple[str, int], tuple[PlanVersion, timedelta]] = {}
 # (unit kind, amount) -> Units: granted amounts repeat (the default or asked quota), and a Units is
 # an immutable value, so equal grants share one instance (less to build, less for the cyclic GC).
 _GRANTED_UNITS: dict[tuple[str, int], Units] = {}
@@ -49,7 +48,6 @@ _UNIT_MAKERS = {
     "service_units": lambda n: Units(service_units=n),
     "money_micros": lambda n: Units(money_micros=n),
 }
-_ONE_SECOND = timedelta(seconds=1)
 _TERMINATION = RequestType.TERMINATION
 _AFTER = TariffChangeUsage.AFTER
 # Enum members bound once: a member looked up on its class costs ~60 ns in Python 3.11.
@@ -85,21 +83,6 @@ def reservation_key(entry: ServiceUsage, terms: ServiceTerms) -> int:
     if terms.rating_groups:
         return terms.rating_groups[0]
     return -1 - (entry.service_identifier or 0)
-
-
-def orphan_span(version: PlanVersion) -> timedelta:
-    """Silence after which a session is an orphan: factor x the plan's longest validity time."""
-    key = (version.plan_id, version.version)
-    known = _ORPHAN_SPANS.get(key)
-    if known is None or known[0] is not version:
-        longest = max((t.validity_time_s for t in version.services), default=3600)
-        if len(_ORPHAN_SPANS) > 4096:
-            _ORPHAN_SPANS.clear()
-        known = _ORPHAN_SPANS[key] = (
-            version,
-            timedelta(seconds=version.orphan_timeout_factor * longest),
-        )
-    return known[1]
 
 
 def store_answer(
@@ -173,7 +156,7 @@ def session_entry(
         return ServiceGrant(rg, sid, _SUCCESS, cost_micros=cost, uncharged_micros=uncharged)
     wanted = units_of(entry.requested, terms.unit) or terms.default_quota
     try:
-        reservation = reserve(funds, terms, key, wanted, now)
+        reservation, validity = reserve(funds, terms, key, wanted, now)
     except RatingError as err:
         return ServiceGrant(
             rg,
@@ -194,7 +177,6 @@ def session_entry(
             error_message=f"nothing of rating group {key} can be granted: funds exhausted",
         )
     session.reservations[key] = reservation
-    validity = (reservation.expires_at - now) // _ONE_SECOND  # whole seconds, as granted
     switch_at = tariff_switch(funds.plan, terms.service, now, reservation.expires_at)
     reservation.tariff_switch_at = switch_at
     final = None
@@ -217,7 +199,7 @@ def session_entry(
     )
 
 
-def command_result(grants: list[ServiceGrant]) -> tuple[ResultCode, str]:
+def command_result(grants: Sequence[ServiceGrant]) -> tuple[ResultCode, str]:
     """The command-level result: success if any entry succeeded; 4011 if all are free; else the
     first failure (a non-success command result overrides the entries)."""
     if not grants:
@@ -238,34 +220,31 @@ def run_session_request(
     funds: Funds, session: Session, request: CreditControlRequest, now: datetime
 ) -> CreditControlAnswer:
     """Apply one INITIAL/UPDATE/TERMINATION to ``session``: every entry, then the answer."""
-    poster = Poster(
-        funds.state,
-        funds.key,
-        now,
-        session_id=request.session_id,
-        request_number=request.request_number,
-    )
+    poster = Poster(funds.state, funds.key, now, request.session_id, request.request_number)
     services = request.services
+    grants: tuple[ServiceGrant, ...]
     if len(services) == 1:  # the common case: no comprehension, the entry's result is the command's
         grant = session_entry(funds, poster, session, services[0], request.request_type, now)
-        grants = [grant]
+        grants = (grant,)
         code = grant.result_code
         if code is _SUCCESS:
             message = ""
         else:
             code, message = command_result(grants)
     else:
-        grants = [
-            session_entry(funds, poster, session, entry, request.request_type, now)
-            for entry in services
-        ]
+        grants = tuple(
+            [
+                session_entry(funds, poster, session, entry, request.request_type, now)
+                for entry in services
+            ]
+        )
         code, message = command_result(grants)
     account = funds.account
     return CreditControlAnswer(  # positional, in field order: one per request
         request.session_id,
         request.request_number,
         code,
-        tuple(grants),
+        grants,
         grants[0].cost_micros if len(grants) == 1 else sum(g.cost_micros for g in grants),
         None,
         message,
@@ -289,7 +268,7 @@ def open_session(
         visited_plmn=request.visited_plmn,
         started_at=now,
         last_seen_at=now,
-        expires_at=now + orphan_span(funds.version),
+        expires_at=now + funds.profile.orphan_span,
         next_request_number=1,
     )
     answer = run_session_request(funds, session, request, now)
@@ -312,7 +291,7 @@ def continue_session(
         end_session(state, funds.account, session)
     else:
         session.last_seen_at = now
-        session.expires_at = now + orphan_span(funds.version)
+        session.expires_at = now + funds.profile.orphan_span
         if request.request_number >= session.next_request_number:
             session.next_request_number = request.request_number + 1
         state.pending.sessions[session.session_id] = session
