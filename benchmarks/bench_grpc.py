@@ -16,9 +16,16 @@ gRPC"):
 Clients run in their own processes (spawned), so a client never shares an event loop with the
 server it measures. Each figure is the median of ``--rounds`` runs.
 
+``--transport direct,ray`` (and ``--max-in-flight 1,2``) start one front door per combination in
+the same process, against the same owners, and measure them one after the other in every round,
+so the owner transports (the direct channel of actors/channel.py; Ray calls, the baseline) are
+compared under the same conditions. CPU per request is every process of the system and the
+client together (the parts are printed per run).
+
 Usage:
     python benchmarks/bench_grpc.py                      # everything, defaults below
     python benchmarks/bench_grpc.py --only unary,stream  # a subset
+    python benchmarks/bench_grpc.py --only unary,latency --transport ray,direct
     python benchmarks/bench_grpc.py --memory-subscribers 1000000 --only memory
 """
 
@@ -434,6 +441,11 @@ def per_request(used: dict[str, float], requests: int) -> str:
     return f"{total / max(requests, 1) * 1e6:.0f} µs total ({shown})"
 
 
+def cpu_us(used: dict[str, float], requests: int) -> float:
+    """CPU microseconds per request, every process of the system and the client together."""
+    return sum(used.values()) / max(requests, 1) * 1e6
+
+
 def fmt(report: LoadReport) -> str:
     p = report.latencies.percentiles()
     ok = sum(report.latencies.results.values())
@@ -495,7 +507,16 @@ async def bench(args: argparse.Namespace) -> None:
         if phases - {"memory"}:
             seconds = await provision(system.handles, subscribers)
             print(f"provisioned {subscribers:,} subscribers in {seconds:.1f} s")
-        door = await start_frontdoor(port=0, batch_max=args.frontdoor_batch_max)
+        doors: dict[str, Any] = {}
+        for transport in args.transport.split(","):
+            for in_flight in (int(m) for m in args.max_in_flight.split(",")):
+                doors[f"{transport}/{in_flight}"] = await start_frontdoor(
+                    port=0,
+                    batch_max=args.frontdoor_batch_max,
+                    transport=transport,
+                    max_in_flight=in_flight,
+                )
+        print(f"front doors (transport/batches in flight per owner): {', '.join(doors)}")
         postmaster = system.embedded.status()["pid"] if system.embedded is not None else None
         meter = CpuMeter(postmaster)
         echo_port = free_port()
@@ -531,34 +552,45 @@ async def bench(args: argparse.Namespace) -> None:
                     print(f"unary echo      {fmt(r)}")
                     print(f"  cpu per request: {per_request(meter.stop(), r.requests)}")
                     note("unary_echo", r.throughput)
-                    meter.start()
-                    r = await in_child(_load_child, unary(door.address))
-                    print(f"unary frontdoor {fmt(r)}")
-                    print(f"  cpu per request: {per_request(meter.stop(), r.requests)}")
-                    note("unary_frontdoor", r.throughput)
+                    for label, door in doors.items():
+                        meter.start()
+                        r = await in_child(_load_child, unary(door.address))
+                        used = meter.stop()
+                        print(f"unary frontdoor [{label}] {fmt(r)}")
+                        print(f"  cpu per request: {per_request(used, r.requests)}")
+                        note(f"unary_frontdoor[{label}]", r.throughput)
+                        note(f"unary_cpu_us[{label}]", cpu_us(used, r.requests))
                 if "stream" in phases:
                     s = await in_child(_stream_child, (echo_target, *stream_args))
                     print(f"stream echo      {s.rate:9,.0f} req/s  {s.results}")
                     note("stream_echo", s.rate)
-                    meter.start()
-                    s = await in_child(_stream_child, (door.address, *stream_args))
-                    print(f"stream frontdoor {s.rate:9,.0f} req/s  {s.results}")
-                    print(f"  cpu per request: {per_request(meter.stop(), s.requests)}")
-                    note("stream_frontdoor", s.rate)
+                    for label, door in doors.items():
+                        meter.start()
+                        s = await in_child(_stream_child, (door.address, *stream_args))
+                        used = meter.stop()
+                        print(f"stream frontdoor [{label}] {s.rate:9,.0f} req/s  {s.results}")
+                        print(f"  cpu per request: {per_request(used, s.requests)}")
+                        note(f"stream_frontdoor[{label}]", s.rate)
+                        note(f"stream_cpu_us[{label}]", cpu_us(used, s.requests))
                 if "latency" in phases:
-                    config = LoadConfig(
-                        target=door.address,
-                        duration_s=args.duration,
-                        transport="unary",
-                        rate=500,
-                        subscribers=subscribers,
-                    )
-                    r = await in_child(_load_child, config)
-                    p = r.latencies.percentiles()
-                    print(f"open loop 500/s  {fmt(r)}")
-                    note("latency_p50_ms", p["p50"] * 1e3)
-                    note("latency_p95_ms", p["p95"] * 1e3)
-                    note("latency_p99_ms", p["p99"] * 1e3)
+                    for label, door in doors.items():
+                        config = LoadConfig(
+                            target=door.address,
+                            duration_s=args.duration,
+                            transport="unary",
+                            rate=500,
+                            subscribers=subscribers,
+                        )
+                        meter.start()
+                        r = await in_child(_load_child, config)
+                        used = meter.stop()
+                        p = r.latencies.percentiles()
+                        print(f"open loop 500/s [{label}] {fmt(r)}")
+                        print(f"  cpu per request: {per_request(used, r.requests)}")
+                        note(f"latency_p50_ms[{label}]", p["p50"] * 1e3)
+                        note(f"latency_p95_ms[{label}]", p["p95"] * 1e3)
+                        note(f"latency_p99_ms[{label}]", p["p99"] * 1e3)
+                        note(f"latency_cpu_us[{label}]", cpu_us(used, r.requests))
                 if "baseline" in phases:
                     r = await in_child(_load_child, unary(base_target))
                     print(f"unary baseline  {fmt(r)}")
@@ -566,7 +598,8 @@ async def bench(args: argparse.Namespace) -> None:
                     s = await in_child(_stream_child, (base_target, *stream_args))
                     print(f"stream baseline  {s.rate:9,.0f} req/s  {s.results}")
                     note("stream_baseline", s.rate)
-        await door.stop()
+        for door in doors.values():
+            await door.stop()
         if "memory" in phases:
             await memory(system, args, note)
     finally:
@@ -576,20 +609,32 @@ async def bench(args: argparse.Namespace) -> None:
     med = {name: statistics.median(values) for name, values in figures.items()}
     for name, value in med.items():
         print(f"{name:24} {value:12,.2f}   (runs: {', '.join(f'{v:,.1f}' for v in figures[name])})")
-    if "unary_echo" in med and "unary_frontdoor" in med:
-        print(
-            f"unary frontdoor / echo      {med['unary_frontdoor'] / med['unary_echo']:.2f}  (target >= 0.6)"
-        )
-    if "stream_frontdoor" in med:
-        print(
-            f"stream frontdoor            {med['stream_frontdoor']:,.0f} req/s  (target >= 20,000)"
-        )
-    if "stream_baseline" in med and "stream_frontdoor" in med:
-        print(
-            f"stream frontdoor / baseline {med['stream_frontdoor'] / med['stream_baseline']:.2f}  (target >= 5)"
-        )
-    if "unary_baseline" in med and "unary_frontdoor" in med:
-        print(f"unary frontdoor / baseline  {med['unary_frontdoor'] / med['unary_baseline']:.2f}")
+    labels = [k[len("unary_frontdoor[") : -1] for k in med if k.startswith("unary_frontdoor[")]
+    labels += [k[len("stream_frontdoor[") : -1] for k in med if k.startswith("stream_frontdoor[")]
+    labels += [k[len("latency_p95_ms[") : -1] for k in med if k.startswith("latency_p95_ms[")]
+    for label in dict.fromkeys(labels):
+        unary_rate = med.get(f"unary_frontdoor[{label}]")
+        stream_rate = med.get(f"stream_frontdoor[{label}]")
+        if unary_rate and "unary_echo" in med:
+            print(
+                f"[{label}] unary frontdoor / echo      {unary_rate / med['unary_echo']:.2f}  (target >= 0.6)"
+            )
+        if stream_rate:
+            print(
+                f"[{label}] stream frontdoor            {stream_rate:,.0f} req/s  (target >= 20,000)"
+            )
+        if stream_rate and "stream_baseline" in med:
+            print(
+                f"[{label}] stream frontdoor / baseline {stream_rate / med['stream_baseline']:.2f}  (target >= 5)"
+            )
+        if unary_rate and "unary_baseline" in med:
+            print(f"[{label}] unary frontdoor / baseline  {unary_rate / med['unary_baseline']:.2f}")
+        if f"latency_p95_ms[{label}]" in med:
+            print(
+                f"[{label}] open loop 500/s p50/p95/p99 "
+                + "/".join(f"{med[f'latency_{q}_ms[{label}]']:.1f}" for q in ("p50", "p95", "p99"))
+                + " ms  (target p95 <= 5, p99 <= 10)"
+            )
 
 
 async def memory(system: Any, args: argparse.Namespace, note: Callable[[str, float], None]) -> None:
@@ -647,6 +692,17 @@ def main() -> None:
     parser.add_argument("--memory-subscribers", type=int, default=1_000_000)
     parser.add_argument(
         "--frontdoor-batch-max", type=int, default=None, help="front door batch bound per owner"
+    )
+    parser.add_argument(
+        "--transport",
+        default="direct",
+        help="how the front door reaches the owners: direct, ray, or both (direct,ray: one front"
+        " door each, measured interleaved in every round)",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        default="1",
+        help="batches in flight per owner; several (1,2) start one front door each",
     )
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(PHASES)}")
     parser.add_argument("--serve-baseline", nargs=3, metavar=("PORT", "DSN", "SUBSCRIBERS"))

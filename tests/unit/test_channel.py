@@ -204,9 +204,7 @@ def test_a_call_larger_than_the_bound_is_not_sent() -> None:
     async def scenario() -> None:
         handler = Recorder()
         server = ChannelServer(handler, host="127.0.0.1")
-        connection = await ChannelConnection.open(
-            await server.start(), timeout_s=5, frame_max=1000
-        )
+        connection = await ChannelConnection.open(await server.start(), timeout_s=5, frame_max=1000)
         try:
             with pytest.raises(Exception, match="over the bound"):
                 await connection.call(["x" * 5000], timeout_s=5)
@@ -272,13 +270,13 @@ def test_client_reconnects_to_a_restarted_owner_with_a_new_port_and_secret() -> 
             asked.append(await servers[-1].start())
             return asked[-1]
 
-        client = DirectOwnerClient("o0", endpoint=endpoint, call_timeout_s=5)
+        client: Any = DirectOwnerClient("o0", endpoint=endpoint, call_timeout_s=5)
         try:
-            assert await client.submit(["a"]) == [("ok", "a")]  # type: ignore[list-item]
-            assert await client.submit(["b"]) == [("ok", "b")]  # type: ignore[list-item]
+            assert await client.submit(["a"]) == [("ok", "a")]
+            assert await client.submit(["b"]) == [("ok", "b")]
             assert len(asked) == 1  # one connection, reused
             handler.gate = asyncio.Event()
-            in_flight = asyncio.ensure_future(client.submit(["c"]))  # type: ignore[list-item]
+            in_flight = asyncio.ensure_future(client.submit(["c"]))
             while len(handler.calls) < 3:
                 await asyncio.sleep(0.01)
             await servers[0].close()  # the owner crashes with "c" in flight ...
@@ -286,7 +284,7 @@ def test_client_reconnects_to_a_restarted_owner_with_a_new_port_and_secret() -> 
                 await in_flight  # ... whose outcome is unknown: raised, not resent
             handler.gate = None
             servers.append(ChannelServer(handler, host="127.0.0.1"))  # Ray restarts it
-            assert await client.submit(["d"]) == [("ok", "d")]  # type: ignore[list-item]
+            assert await client.submit(["d"]) == [("ok", "d")]
             assert len(asked) == 2
             assert asked[0].secret != asked[1].secret
             assert [call[0] for call in handler.calls] == ["a", "b", "c", "d"]
@@ -308,8 +306,8 @@ def test_an_unreachable_owner_fails_the_batch_as_unavailable_within_the_connect_
             raise AssertionError("unreachable")
 
         client = DirectOwnerClient("o0", endpoint=frozen_endpoint, connect_timeout_s=0.2)
-        batcher = OwnerBatcher("o0", client)
-        reply = await batcher.submit("r1")  # type: ignore[arg-type]
+        batcher: Any = OwnerBatcher("o0", client)
+        reply = await batcher.submit("r1")
         assert isinstance(reply, Unavailable), reply
         await batcher.close()
         await client.close()
@@ -326,17 +324,17 @@ def test_batcher_over_a_dropping_connection_answers_unavailable_then_recovers() 
             return await servers[-1].start()
 
         client = DirectOwnerClient("o0", endpoint=endpoint, call_timeout_s=5)
-        batcher = OwnerBatcher("o0", client, max_in_flight=2)
+        batcher: Any = OwnerBatcher("o0", client, max_in_flight=2)
         try:
             handler.gate = asyncio.Event()
-            first = batcher.submit("r1")  # type: ignore[arg-type]
+            first = batcher.submit("r1")
             while not handler.calls:
                 await asyncio.sleep(0.01)
             await servers[0].close()
             assert isinstance(await first, Unavailable)
             handler.gate = None
             servers.append(ChannelServer(handler, host="127.0.0.1"))
-            assert await batcher.submit("r2") == ("ok", "r2")  # type: ignore[arg-type, comparison-overlap]
+            assert await batcher.submit("r2") == ("ok", "r2")
         finally:
             await batcher.close()
             await client.close()
@@ -363,12 +361,12 @@ def test_batcher_keeps_at_most_max_in_flight_batches_and_batches_the_rest() -> N
                 in_flight -= 1
                 return list(requests)
 
-        batcher = OwnerBatcher("o0", Client(), max_in_flight=2)
-        futures = [batcher.submit(i) for i in range(1)]  # type: ignore[arg-type]
+        batcher: Any = OwnerBatcher("o0", Client(), max_in_flight=2)
+        futures = [batcher.submit(i) for i in range(1)]
         await asyncio.sleep(0.01)
-        futures += [batcher.submit(i) for i in range(1, 2)]  # type: ignore[arg-type]
+        futures += [batcher.submit(i) for i in range(1, 2)]
         await asyncio.sleep(0.01)
-        futures += [batcher.submit(i) for i in range(2, 7)]  # type: ignore[arg-type]
+        futures += [batcher.submit(i) for i in range(2, 7)]
         await asyncio.sleep(0.01)
         assert sizes == [1, 1]  # two single-request batches left at once; five wait
         assert batcher.depth == 5
