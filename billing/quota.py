@@ -29,8 +29,8 @@ from billing.rating import (
     UsageEvent,
     affordable_units,
     next_tariff_switch,
-    rate,
     reservation_price,
+    usage_cost,
 )
 from billing.state import Account, Bucket, EntryKind, Reservation, ShardState
 from billing.tariff import Plan, PlanVersion, ServiceTerms
@@ -380,7 +380,7 @@ def price_usage(
     """Price usage ``parts`` (units, start) without changing anything.
 
     Bucket units usable at a part's start (and not held by sessions) cover it first; the rest is
-    rated at the part's own start, so usage before and after a tariff switch gets its own rate.
+    rated at the part's own start (``rating.usage_cost``: the total of ``rating.rate``), so usage before and after a tariff switch gets its own rate.
     Raises ``RatingError`` when a part cannot be rated.
     """
     service = terms.service
@@ -412,12 +412,14 @@ def price_usage(
             usage = UsageEvent(
                 service, left, start, rating_group, funds.destination, funds.visited_plmn
             )
-            rating = rate(usage, funds.plan, at=start, cycle_units_before=counter + advance)
-            assert rating.cost_micros >= 0, "a price is never negative"
-            cost += rating.cost_micros
+            price, charged = usage_cost(
+                usage, funds.plan, at=start, cycle_units_before=counter + advance
+            )
+            assert price >= 0, "a price is never negative"
+            cost += price
             money_units += left
             if tiered:
-                advance += rating.charged_units
+                advance += charged
     return Priced(takes, cost, money_units, counter + advance if tiered else -1, counter_key)
 
 

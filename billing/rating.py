@@ -53,6 +53,7 @@ __all__ = [
     "next_tariff_switch",
     "rate",
     "reservation_price",
+    "usage_cost",
 ]
 
 MAX_TIME_UNITS = 31 * 86_400  # longest time-based usage rated in one event (bounded work)
@@ -154,13 +155,12 @@ def _check(usage: UsageEvent) -> None:
         raise RatingError("units", f"units must not be negative, got {usage.units}")
 
 
-def rate(
-    usage: UsageEvent, plan: Plan, *, at: datetime | None = None, cycle_units_before: int = 0
-) -> Rating:
-    """Price ``usage`` under ``plan`` (module docstring: the rules). Raises :class:`RatingError`.
-
-    Zero units cost nothing (no connect fee, no minimum): nothing was used.
-    """
+def _priced_parts(
+    usage: UsageEvent, plan: Plan, at: datetime | None, cycle_units_before: int
+) -> tuple[PlanVersion, RateSpec, str | None, str, int, list[tuple[str, int]]]:
+    """Rules 1-4 of the module docstring, shared by :func:`rate` and :func:`usage_cost`:
+    ``(version, rate, destination group, zone, charged units, band parts)``; no parts for zero
+    units. Raises :class:`RatingError`."""
     start = usage.start
     units = usage.units
     if start.tzinfo is None or units < 0:
@@ -170,25 +170,42 @@ def rate(
     version = plan.version_at(start if at is None else at)
     spec, terms, group, zone = _resolve(usage, version)
     if units == 0:
-        return Rating(0, (), plan.plan_id, version.version, group, zone, usage.service)
+        return version, spec, group, zone, 0, []
     timed = terms.unit == "time_s" if terms is not None else usage.service is ServiceKind.VOICE
     if timed and units > MAX_TIME_UNITS:
         raise RatingError("units", f"time usage of {units}s exceeds {MAX_TIME_UNITS}s per event")
     charged = spec.charged_units(units)
     table = version.bands
-    rid = spec.rate_id
     if timed and spec.band_sensitive and not table.constant:
         _, seg_end, band = table.segment(start)
         delta = seg_end - start
         if delta.days * 86_400 + delta.seconds >= units:  # ends in the band it starts in
-            parts = [(band, charged)]
-        else:
-            parts = _band_parts(spec, table.segment, start, units, charged)
-    else:
-        parts = [(table.band_at(start), charged)]
-    starts = spec.tier_starts
+            return version, spec, group, zone, charged, [(band, charged)]
+        return (
+            version,
+            spec,
+            group,
+            zone,
+            charged,
+            _band_parts(spec, table.segment, start, units, charged),
+        )
+    return version, spec, group, zone, charged, [(table.band_at(start), charged)]
+
+
+def rate(
+    usage: UsageEvent, plan: Plan, *, at: datetime | None = None, cycle_units_before: int = 0
+) -> Rating:
+    """Price ``usage`` under ``plan`` (module docstring: the rules). Raises :class:`RatingError`.
+
+    Zero units cost nothing (no connect fee, no minimum): nothing was used.
+    """
+    version, spec, group, zone, charged, parts = _priced_parts(usage, plan, at, cycle_units_before)
+    if not parts:
+        return Rating(0, (), plan.plan_id, version.version, group, zone, usage.service)
+    units = usage.units
+    rid = spec.rate_id
     items: list[RatedItem] = []
-    if len(parts) == 1 and len(starts) == 1:  # the common case: one band, one tier
+    if len(parts) == 1 and len(spec.tier_starts) == 1:  # the common case: one band, one tier
         band = parts[0][0]
         rated = divide(charged * spec.tier_prices[0][band], spec.rate_unit, spec.rounding)
         items.append(RatedItem(rid, band, units, charged, rated, spec.rounding_name))
@@ -208,6 +225,31 @@ def rate(
         items.append(RatedItem(rid, parts[-1][0], 0, 0, cap - cost, "none", "max cost cap"))
         cost = cap
     return Rating(cost, tuple(items), plan.plan_id, version.version, group, zone, usage.service)
+
+
+def usage_cost(
+    usage: UsageEvent, plan: Plan, *, at: datetime | None = None, cycle_units_before: int = 0
+) -> tuple[int, int]:
+    """``(cost_micros, charged_units)`` of ``rate(usage, plan, at=..., cycle_units_before=...)``,
+    without building the itemised :class:`Rating` (charging keeps only these two numbers).
+
+    Same rules, same arithmetic in the same order: the rounded usage amount, plus the connect
+    fee, raised to the minimum charge, capped at the maximum cost. Raises :class:`RatingError`.
+    """
+    _, spec, _, _, charged, parts = _priced_parts(usage, plan, at, cycle_units_before)
+    if not parts:
+        return 0, 0
+    if len(parts) == 1 and len(spec.tier_starts) == 1:  # the common case: one band, one tier
+        rated = divide(charged * spec.tier_prices[0][parts[0][0]], spec.rate_unit, spec.rounding)
+    else:
+        rated = _tiered(spec, parts, usage.units, cycle_units_before, [])
+    cost = rated + spec.connect_fee_micros
+    if cost < spec.minimum_charge_micros:
+        cost = spec.minimum_charge_micros
+    cap = spec.max_cost_micros
+    if cap is not None and cost > cap:
+        cost = cap
+    return cost, charged
 
 
 def _band_parts(
