@@ -35,7 +35,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -43,6 +43,7 @@ from typing import Any, cast
 import ray
 
 from actors._apply import InternalError, JoinRemote, Step, apply_one
+from actors._flights import Flight, changes_keys, item_keys, take_independent
 from actors._gc import freeze_loaded, tune_gc
 from actors.channel import ChannelServer, Endpoint
 from actors.compact import Directory
@@ -109,7 +110,10 @@ class OwnerConfig:
     answer_db_prune_interval_s: float = 300.0  # how often this owner prunes its vshards' answers
     provision_batch: int = 512  # subscribers per commit in provision_bulk (small: less heap churn)
     load_chunk_vshards: int = 8  # vshards loaded per read: bounds the load's memory peak
-    pool_max: int = 2  # PostgreSQL connections of this owner
+    pool_max: int = 2  # PostgreSQL connections of this owner for loads and reads
+    # Group commits in flight at once, each on a connection of its own (actors/_flights.py):
+    # a batch independent of the commits in flight is applied and committed without waiting.
+    commits_in_flight: int = 2
     manager_name: str = MANAGER_NAME
     namespace: str = NAMESPACE
 
@@ -119,6 +123,7 @@ class OwnerConfig:
             "queue_max",
             "submit_max",
             "pool_max",
+            "commits_in_flight",
             "load_chunk_vshards",
             "provision_batch",
         ):
@@ -191,6 +196,7 @@ class ShardOwner:
             min_size=1,
             max_size=config.pool_max,
             answer_horizon=timedelta(seconds=config.answer_retention_s),
+            writers=config.commits_in_flight,
         )
         self._store_open = False
         self._directory = Directory()
@@ -203,6 +209,9 @@ class ShardOwner:
         self._handles: dict[str, Any] = {}
         self._queue: deque[_Job] = deque()
         self._queued = 0
+        self._flights: list[Flight] = []  # commits in flight, oldest first
+        self._busy: set[str] = set()  # keys of the commits in flight (actors/_flights.py)
+        self._failed: list[Flight] = []  # settled with an error: handled once all have settled
         self._wakeup = asyncio.Event()
         self._ready = asyncio.Event()
         self._needs_load = True
@@ -380,6 +389,9 @@ class ShardOwner:
         self._ready.clear()
         for task in self._tasks:
             task.cancel()
+        for flight in self._flights:  # their callers get Unavailable (nothing acknowledged)
+            if flight.task is not None:
+                flight.task.cancel()
         self._fail_queued("owner shutting down")
         await self._channel.close()
         await self._store.close()
@@ -578,8 +590,23 @@ class ShardOwner:
     # -- the writer ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """The writer: applies batches in arrival order and commits them, up to
+        ``commits_in_flight`` at once when independent (actors/_flights.py). Loads, reloads,
+        control jobs and the handling of a failed commit wait until no commit is in flight."""
         backoff = 0.05
         while not self._closing:
+            if self._flights and (
+                self._failed
+                or self._needs_load
+                or self._reload_vshards
+                or self._recheck_map
+                or (self._queue and self._queue[0].kind != "requests")
+            ):
+                await self._drain()
+                continue
+            if self._failed:
+                await self._settle_failures()
+                continue
             if self._needs_load:
                 try:
                     await self._load_all()
@@ -609,19 +636,133 @@ class ShardOwner:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            jobs = self._take()
+            if self._queue[0].kind != "requests":
+                jobs = self._take()  # a control job, alone (no commit is in flight)
+            elif len(self._flights) >= self._config.commits_in_flight:
+                self._wakeup.clear()  # woken when a commit settles
+                await self._wakeup.wait()
+                continue
+            else:
+                jobs, keys = take_independent(
+                    self._queue, self._busy, self._config.batch_max, self._keys_of
+                )
+                if not jobs:  # everything queued waits for a commit in flight
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                self._queued -= sum(len(job.items) for job in jobs)
             try:
-                if jobs[0].kind == "requests":
-                    await self._process(jobs)
-                elif jobs[0].kind == "sweep":
+                if jobs[0].kind == "sweep":
                     await self._sweep()
-                else:
+                elif jobs[0].kind == "remap":
                     await self._remap(jobs[0])
+                elif self._suspects(jobs):  # a store lookup, maybe a retry: alone
+                    await self._drain()
+                    if self._failed or self._needs_load or self._reload_vshards:
+                        self._requeue(jobs)
+                        continue
+                    await self._process(jobs)
+                else:
+                    self._launch(jobs, keys)
             except Exception as exc:  # a bug: answer nothing as success, reload from the truth
                 log.exception("%s: step failed", self._name)
                 self._invalidate(f"step failed: {type(exc).__name__}: {exc}")
                 for job in jobs:
                     self._resolve(job, [Unavailable(self._last_error)] * len(job.items))
+
+    def _keys_of(self, items: Iterable[object], out: set[str]) -> None:
+        subscribers = self._state.subscribers
+        for item in items:
+            item_keys(item, subscribers, out)
+
+    def _requeue(self, jobs: list[_Job]) -> None:
+        """Put taken jobs back at the head of the queue, in their order."""
+        self._queue.extendleft(reversed(jobs))
+        self._queued += sum(len(job.items) for job in jobs)
+
+    def _launch(self, jobs: list[_Job], keys: set[str]) -> None:
+        """Apply ``jobs`` (independent of every commit in flight) and start their commit; the
+        callers are answered when it settles (:meth:`_fly`)."""
+        results, failed = self._apply(jobs)
+        if failed is not None:
+            self._drop_step(jobs, results, failed)
+            return
+        changes = self._changes_to_commit()
+        if changes.is_empty():  # nothing to write (queries, refusals): nothing to wait for
+            for job, replies in zip(jobs, results, strict=True):
+                self._resolve(job, replies)
+            return
+        changes_keys(changes, keys)
+        flight = Flight(jobs, results, changes, keys)
+        self._busy |= keys
+        self._flights.append(flight)
+        flight.task = asyncio.get_running_loop().create_task(self._fly(flight))
+
+    async def _fly(self, flight: Flight) -> None:
+        """Commit one batch; on success answer its callers. On a failure they get Unavailable
+        (or NotOwner) at once, and the writer forgets the batch's effects once every commit in
+        flight has settled (:meth:`_settle_failures`)."""
+        changes = flight.changes
+        touched = [*changes.subscribers, *changes.accounts]
+        try:
+            flight.error = await self._store_commit(changes)
+            if flight.error is None:
+                self._commits += 1
+                self._directory.freeze(touched, keep=self._guests)  # committed and idle: pack
+                for job, replies in zip(flight.jobs, flight.results, strict=True):
+                    self._resolve(job, replies)
+        except BaseException:  # cancelled (shutdown): nothing acknowledged
+            for job in flight.jobs:
+                self._resolve(job, [Unavailable("owner shutting down")] * len(job.items))
+            raise
+        finally:
+            self._flights.remove(flight)
+            self._busy -= flight.keys
+            error = flight.error
+            if error is not None:
+                self._failed.append(flight)
+                if error.duplicate is None:  # answered now: nothing of it is acknowledged
+                    self._resolve_after(flight.jobs, flight.results, error)
+            self._wakeup.set()
+
+    async def _drain(self) -> None:
+        """Wait until no commit is in flight."""
+        while self._flights:
+            await asyncio.wait([f.task for f in self._flights if f.task is not None])
+
+    async def _settle_failures(self) -> None:
+        """Every commit has settled and some failed: forget the failed ones' effects (their
+        vshards are reloaded before anything else is served); a batch refused for a repeated
+        key is resolved, applied once more, alone, and only then answered."""
+        failed, self._failed = self._failed, []
+        for flight in failed:
+            error = flight.error
+            self._discard(flight.changes, error.message, lost=error.lost_vshard)
+        for flight in failed:
+            error, results = flight.error, flight.results
+            if error.duplicate is None:
+                continue  # answered when it failed
+            try:
+                if await self._recover_duplicate(error.duplicate):
+                    results, error = await self._apply_and_commit(flight.jobs)
+            except Exception as exc:  # a bug: answer nothing as success, reload from the truth
+                log.exception("%s: retrying a batch failed", self._name)
+                self._invalidate(f"step failed: {type(exc).__name__}: {exc}")
+                for job in flight.jobs:
+                    self._resolve(job, [Unavailable(self._last_error)] * len(job.items))
+                continue
+            self._resolve_after(flight.jobs, results, error)
+
+    def _resolve_after(
+        self, jobs: list[_Job], results: list[list[OwnerReply]], error: _CommitError | None
+    ) -> None:
+        if error is not None:
+            results = [
+                [_after_failure(r, error, item) for r, item in zip(rs, job.items, strict=True)]
+                for rs, job in zip(results, jobs, strict=True)
+            ]
+        for job, replies in zip(jobs, results, strict=True):
+            self._resolve(job, replies)
 
     def _invalidate(self, why: str) -> None:
         """Drop the in-memory state (it may hold uncommitted effects): reload before serving."""
@@ -697,17 +838,11 @@ class ShardOwner:
             and await self._recover_duplicate(error.duplicate)
         ):
             results, error = await self._apply_and_commit(jobs)
-        if error is not None:
-            results = [
-                [_after_failure(r, error, item) for r, item in zip(rs, job.items, strict=True)]
-                for rs, job in zip(results, jobs, strict=True)
-            ]
-        for job, replies in zip(jobs, results, strict=True):
-            self._resolve(job, replies)
+        self._resolve_after(jobs, results, error)
 
-    async def _apply_and_commit(
-        self, jobs: list[_Job]
-    ) -> tuple[list[list[OwnerReply]], _CommitError | None]:
+    def _apply(self, jobs: list[_Job]) -> tuple[list[list[OwnerReply]], str | None]:
+        """Apply every request of ``jobs`` in one synchronous step; the replies, and why the
+        step failed (an internal error: the whole batch is then dropped), if it did."""
         step = self._step(_utcnow())
         gone = self._gone
         results: list[list[OwnerReply]] = []
@@ -730,6 +865,20 @@ class ShardOwner:
                     log.error("%s: %s", self._name, failed)
                     replies.append(Rejected(INTERNAL, "", str(exc)))
             results.append(replies)
+        return results, failed
+
+    def _drop_step(self, jobs: list[_Job], results: list[list[OwnerReply]], why: str) -> None:
+        """A step failed inside the domain: its effects are dropped with the whole state."""
+        self._state.take_changes()
+        self._invalidate(why)
+        for job, replies in zip(jobs, results, strict=True):
+            self._resolve(job, [_unacknowledged(r, why) for r in replies])
+
+    async def _apply_and_commit(
+        self, jobs: list[_Job]
+    ) -> tuple[list[list[OwnerReply]], _CommitError | None]:
+        """Apply and commit ``jobs`` alone (nothing else in flight); the replies and the error."""
+        results, failed = self._apply(jobs)
         if failed is not None:
             self._state.take_changes()
             self._invalidate(failed)
@@ -817,22 +966,21 @@ class ShardOwner:
             log.error("%s: commit refused a repeated key the store does not report", self._name)
         return learned > 0 and not self._reload_vshards and not self._needs_load
 
-    async def _commit(self) -> _CommitError | None:
-        """Commit what the step changed in ONE transaction; on failure invalidate the state."""
+    def _changes_to_commit(self) -> Changes:
+        """What the last step changed, less guests' records (written by their own owners)."""
         changes = self._state.take_changes()
         for sid in [s for s, sub in changes.subscribers.items() if sub.vshard not in self._epochs]:
-            del changes.subscribers[sid]  # a guest's record is written by its own owner
-        if changes.is_empty():
-            return None
-        touched = [*changes.subscribers, *changes.accounts]
+            del changes.subscribers[sid]
+        return changes
+
+    async def _store_commit(self, changes: Changes) -> _CommitError | None:
+        """Commit ``changes`` in ONE transaction; the error if it failed (nothing written)."""
         try:
             await self._store.commit(changes, self._epochs)
         except StoreNotOwner as exc:
-            self._discard(changes, str(exc), lost=exc.vshard)
             return _CommitError(str(exc), exc.vshard, self._map_version(), self._vshard_count())
         except Exception as exc:
             why = f"commit failed, nothing acknowledged: {type(exc).__name__}: {exc}"
-            self._discard(changes, why, lost=None)
             return _CommitError(
                 why,
                 None,
@@ -840,6 +988,18 @@ class ShardOwner:
                 self._vshard_count(),
                 changes if isinstance(exc, DuplicateKey) else None,
             )
+        return None
+
+    async def _commit(self) -> _CommitError | None:
+        """Commit what the step changed (alone); on failure invalidate the touched state."""
+        changes = self._changes_to_commit()
+        if changes.is_empty():
+            return None
+        touched = [*changes.subscribers, *changes.accounts]
+        error = await self._store_commit(changes)
+        if error is not None:
+            self._discard(changes, error.message, lost=error.lost_vshard)
+            return error
         self._commits += 1
         self._directory.freeze(touched, keep=self._guests)  # committed and idle: pack them
         return None
