@@ -378,3 +378,16 @@ def test_batcher_keeps_at_most_max_in_flight_batches_and_batches_the_rest() -> N
             OwnerBatcher("o0", Client(), max_in_flight=0)
 
     run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"max_in_flight": 0}, "max_in_flight"), ({"transport": "pigeon"}, "transport must be")],
+)
+def test_front_door_settings_are_checked_before_anything_starts(
+    options: dict[str, Any], message: str
+) -> None:
+    from cluster.bootstrap import StartupError, start_frontdoor
+
+    with pytest.raises(StartupError, match=message):
+        asyncio.run(start_frontdoor(**options))
