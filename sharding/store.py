@@ -445,7 +445,11 @@ class Store:
         # autocommit connection: its own transaction, the fence first, then the writes; one
         # round trip and one prepared statement instead of a pipeline of nine.
         by_sql = dict(writes)
-        params = (touched, [epochs[v] for v in touched], *(by_sql.get(s) for s in q.COMMIT_ARGS))
+        params = (
+            _int_array(touched),
+            _int_array([epochs[v] for v in touched]),
+            *(by_sql.get(s) for s in q.COMMIT_ARGS),
+        )
         with _translate("commit"):
             await self._write(params)
 
@@ -665,6 +669,12 @@ def _consumption_key(bucket: Bucket) -> tuple[int, bool, datetime | None, str]:
     """Lowest priority first, then earliest expiry (none last), then id."""
     expiry = bucket.expires_at
     return (bucket.priority, expiry is None, expiry, bucket.bucket_id)
+
+
+def _int_array(values: Sequence[int]) -> str:
+    """A PostgreSQL array literal of ints: psycopg's list adapter costs ~20 µs a list to set up,
+    a third of a one-request commit's client CPU; the server casts the text instead."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _row_count(changes: Changes) -> int:
