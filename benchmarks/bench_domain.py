@@ -16,12 +16,19 @@ a trivial dict-update loop over the same number of requests, and rating alone (`
 usage per request), so the ratios show what charging costs beyond pricing.
 
     .venv/bin/python benchmarks/bench_domain.py [--subscribers 10000] [--runs 5]
+    .venv/bin/python benchmarks/bench_domain.py --digest 2000
+
+``--digest N`` runs the workload once for N subscribers and prints the SHA-256 of the ``repr`` of
+the opening journal, every answer, every ``take_changes()`` (every 100 requests) and the final
+accounts, buckets, stored answers and answer log, and exits: a change to the domain that is meant
+to be exact must leave this digest unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import statistics
 import time
 import tracemalloc
@@ -133,6 +140,25 @@ def verify(subscribers: int) -> int:
     return len(journal)
 
 
+def digest(subscribers: int) -> str:
+    """SHA-256 of everything the workload produces (see the module docstring, ``--digest``)."""
+    catalog = builtin_catalog()
+    h = hashlib.sha256()
+    journal: list[JournalEntry] = []
+    state = build_state(subscribers, journal)
+    h.update(repr(journal).encode())
+    for i, (now, request) in enumerate(build_requests(subscribers)):
+        h.update(repr(handle(state, request, now=now, catalog=catalog)).encode())
+        if i % 100 == 99:
+            h.update(repr(state.take_changes()).encode())
+    h.update(repr(state.take_changes()).encode())
+    h.update(repr(sorted(state.accounts.items())).encode())
+    h.update(repr(sorted(state.buckets.items())).encode())
+    h.update(repr(sorted(state.answers.items())).encode())
+    h.update(repr(list(state.answer_log)).encode())
+    return h.hexdigest()
+
+
 def run_domain(
     subscribers: int, *, freeze_requests: bool = False, owner_gc: bool = False
 ) -> tuple[float, int, int]:
@@ -229,7 +255,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--subscribers", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--digest", type=int, metavar="N", help="print the workload's SHA-256 for N subscribers"
+    )
     args = parser.parse_args()
+    if args.digest:
+        print(f"sha256 {digest(args.digest)} ({args.digest} subscribers)")
+        return
     audited = verify(args.subscribers)
     domain, owner, owner_heap, dict_rates, rating_rates = [], [], [], [], []
     requests = failures = 0
