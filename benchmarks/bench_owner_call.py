@@ -1,0 +1,117 @@
+"""One owner call's round trip from a front door's process: the direct channel vs a Ray call.
+
+Interleaved in one run against the same owner (2 owners, embedded PostgreSQL, 2,000
+subscribers): a Ray ``ping`` (the floor of any Ray actor call), an empty batch and a one-request
+charging batch (an SMS debit: apply + group commit) through :class:`cluster.owners.RayOwnerClient`
+(the baseline) and :class:`cluster.owners.DirectOwnerClient` (actors/channel.py), one at a time.
+Prints p50 / p95 / p99 per kind. Results in benchmarks/README.md ("Direct owner channel").
+
+Usage:
+    python benchmarks/bench_owner_call.py --calls 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from actors.messages import ChargeRequest  # noqa: E402
+from billing.protocol import (  # noqa: E402
+    CreditControlRequest,
+    RequestedAction,
+    RequestType,
+    ServiceUsage,
+    Units,
+    UsedUnits,
+)
+from cluster.loadgen import subscriber_id  # noqa: E402
+
+
+def _event(index: int) -> ChargeRequest:
+    return ChargeRequest(
+        CreditControlRequest(
+            session_id=f"call-{uuid.uuid4().hex}",
+            request_type=RequestType.EVENT,
+            request_number=0,
+            subscriber_id=subscriber_id(index),
+            event_time=datetime.now(UTC),
+            services=(ServiceUsage(rating_group=200, used=(UsedUnits(Units(service_units=1)),)),),
+            requested_action=RequestedAction.DIRECT_DEBITING,
+        )
+    )
+
+
+def _percentiles(seconds: list[float]) -> str:
+    ordered = sorted(seconds)
+    n = len(ordered)
+    p50, p95, p99 = (ordered[min(n - 1, int(n * q))] * 1e3 for q in (0.5, 0.95, 0.99))
+    return f"p50 {p50:5.2f}  p95 {p95:5.2f}  p99 {p99:5.2f} ms"
+
+
+async def bench(calls: int) -> None:
+    from bench_grpc import provision
+
+    from cluster.bootstrap import bring_up
+    from cluster.owners import DirectOwnerClient, RayOwnerClient
+
+    work = Path(tempfile.mkdtemp(prefix="bench-owner-call-"))
+    work.chmod(0o755)
+    system = bring_up(data_dir=work / "pg", owners=2, num_cpus=2, object_store_mb=200)
+    try:
+        await provision(system.handles, 2000)
+        shard_map = system.handles.get_map()
+        name = shard_map.owner_of_key(subscriber_id(0))
+        handle = system.handles.owner(name)
+        mine = [i for i in range(2000) if shard_map.owner_of_key(subscriber_id(i)) == name]
+        direct, ray_client = DirectOwnerClient(name), RayOwnerClient(name)
+
+        async def ping() -> Any:
+            return await handle.ping.remote()
+
+        kinds: dict[str, Callable[[int], Awaitable[Any]]] = {
+            "ray ping": lambda i: ping(),
+            "ray empty batch": lambda i: ray_client.submit([]),
+            "direct empty batch": lambda i: direct.submit([]),
+            "ray 1-request batch": lambda i: ray_client.submit([_event(mine[i % len(mine)])]),
+            "direct 1-request batch": lambda i: direct.submit([_event(mine[i % len(mine)])]),
+        }
+        for i in range(30):  # warm up: connections, imports, caches
+            for call in kinds.values():
+                await call(i)
+        times: dict[str, list[float]] = {kind: [] for kind in kinds}
+        for i in range(calls):
+            for kind, call in kinds.items():
+                started = time.perf_counter()
+                await call(i)
+                times[kind].append(time.perf_counter() - started)
+        for kind, seconds in times.items():
+            print(f"{kind:24} {_percentiles(seconds)}")
+        await direct.close()
+    finally:
+        system.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=400, help="calls of each kind")
+    args = parser.parse_args()
+    print(f"# bench_owner_call {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    asyncio.run(bench(args.calls))
+
+
+if __name__ == "__main__":
+    main()
