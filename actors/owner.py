@@ -10,13 +10,19 @@ Life of an owner (named ``billing-owner-<i>``, detached, ``max_restarts=-1``, na
 2. Serve: :meth:`ShardOwner.submit` puts a micro-batch on the owner's queue; ONE writer task
    takes everything queued (up to ``batch_max`` requests), applies the domain in one synchronous
    step (actors/_apply.py), commits ``state.take_changes()`` with the vshard epochs in ONE
-   transaction, and only then resolves the callers' replies. Requests arriving during a commit
-   form the next group commit.
+   transaction, and only then resolves the callers' replies. While a commit is in flight the
+   writer applies and commits the next batch at once if it is independent of every commit in
+   flight (no shared subscriber, account, session or key: actors/_flights.py), up to
+   ``commits_in_flight`` commits, each on its own connection; dependent requests wait for the
+   commit they depend on, so no batch is ever built on effects that are not yet durable.
 3. Failures: a stale epoch (:class:`sharding.store.NotOwner`) means a vshard moved: nothing was
    written, the requests of that vshard get NotOwner, the others Unavailable, and the owner
    reloads. A database failure: nothing acknowledged, every request of the batch gets
    Unavailable, the in-memory state (which already holds the uncommitted effects) is dropped and
-   reloaded from PostgreSQL, which is the truth, before anything else is served.
+   reloaded from PostgreSQL, which is the truth, before anything else is served. With several
+   commits in flight the failed one's callers are answered at once; the writer takes no new
+   batch, lets every other commit settle (their answers stand: they never read the failed
+   batch's effects), and only then forgets the failed batch and reloads its vshards.
 
 A timer queues an orphan sweep (``release_orphans`` at the actor's clock; the domain never reads
 the clock) committed the same way, and prunes old remembered answers.
@@ -658,7 +664,12 @@ class ShardOwner:
                     await self._remap(jobs[0])
                 elif self._suspects(jobs):  # a store lookup, maybe a retry: alone
                     await self._drain()
-                    if self._failed or self._needs_load or self._reload_vshards:
+                    if (
+                        self._failed
+                        or self._needs_load
+                        or self._reload_vshards
+                        or self._recheck_map
+                    ):
                         self._requeue(jobs)
                         continue
                     await self._process(jobs)

@@ -4,7 +4,8 @@ Workload: each owner (a separate process, like a Ray owner actor) holds its own 
 accounts; one *entry* is one charging request's write: a DEBIT journal row, the account's new
 balance (upsert) and the stored answer. The fenced group commit (``Store.commit``) writes a batch
 of B requests in ONE transaction with the epoch check; batch sizes 1, 10, 100, 1,000 with 1 and
-4 owners running concurrently on distinct vshards.
+4 owners running concurrently on distinct vshards. CPU per entry: the committing processes' own,
+and (for a server on this host) that of the server's processes over the round.
 
 Baseline (same run, same server, same owners): what a typical application writes, one
 transaction per request: ``SELECT balance FOR UPDATE``, ``UPDATE`` it, ``INSERT`` a journal row,
@@ -68,7 +69,7 @@ def owner_accounts(owner: int) -> list[Any]:
 def group_commit_worker(
     dsn: str, owner: int, batch: int, seconds: float, tag: str, barrier: Any, out: Any
 ) -> None:
-    async def run() -> tuple[int, float]:
+    async def run() -> tuple[int, float, float]:
         async with Store(dsn, min_size=1, max_size=1) as store:
             epochs = await store.take_over(owner_vshards(owner), f"bench-owner-{owner}")
             accounts = owner_accounts(owner)
@@ -83,11 +84,11 @@ def group_commit_worker(
 
             await store.commit(next_batch(), epochs)  # warm-up
             barrier.wait()
-            entries, start = 0, time.perf_counter()
+            entries, start, cpu = 0, time.perf_counter(), time.process_time()
             while time.perf_counter() - start < seconds:
                 await store.commit(next_batch(), epochs)
                 entries += batch
-            return entries, time.perf_counter() - start
+            return entries, time.perf_counter() - start, time.process_time() - cpu
 
     out.put(asyncio.run(run()))
 
@@ -96,7 +97,7 @@ def baseline_worker(dsn: str, owner: int, seconds: float, tag: str, barrier: Any
     accounts = owner_accounts(owner)
     with psycopg.connect(dsn) as conn:
         barrier.wait()
-        entries, start = 0, time.perf_counter()
+        entries, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds:
             acc = accounts[entries % len(accounts)]
             with conn.transaction():
@@ -116,17 +117,55 @@ def baseline_worker(dsn: str, owner: int, seconds: float, tag: str, barrier: Any
                     (acc.vshard, f"base-{tag}-{owner}-{entries}", acc.account_id),
                 )
             entries += 1
-        out.put((entries, time.perf_counter() - start))
+        out.put((entries, time.perf_counter() - start, time.process_time() - cpu))
 
 
-def run_round(target: Any, owners: int, args: tuple[Any, ...]) -> float:
-    """Run ``owners`` worker processes at once; entries per second over the slowest one."""
+def server_cpu_s(postmaster: int | None) -> float:
+    """CPU seconds used so far by the server: the postmaster, its live children (backends, WAL
+    writer, checkpointer...) and the children it has reaped, from /proc; 0 when unknown."""
+    if postmaster is None:
+        return 0.0
+    with open(f"/proc/{postmaster}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # Its own CPU and that of its children already gone (a closed connection's backend).
+    total = sum(int(x) for x in fields[11:15])
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def postmaster_pid(dsn: str) -> int | None:
+    """The local server's postmaster (the parent of our backend), or None if not on this host."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    try:
+        with open(f"/proc/{row[0] if row else 0}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+def run_round(
+    target: Any, owners: int, args: tuple[Any, ...], postmaster: int | None = None
+) -> tuple[float, float, float]:
+    """Run ``owners`` worker processes at once: entries per second over the slowest one, and
+    the client's and the server's CPU microseconds per entry (the server's counted over the
+    whole round, connections and warm-up included: a slight overcount)."""
     ctx = mp.get_context("fork")
     barrier, out = ctx.Barrier(owners), ctx.Queue()
     procs = [
         ctx.Process(target=target, args=(args[0], o, *args[1:], barrier, out))
         for o in range(owners)
     ]
+    server0 = server_cpu_s(postmaster)
     for p in procs:
         p.start()
     results = [out.get(timeout=600) for _ in procs]
@@ -134,7 +173,11 @@ def run_round(target: Any, owners: int, args: tuple[Any, ...]) -> float:
         p.join(timeout=60)
         if p.exitcode != 0:
             raise SystemExit(f"benchmark worker failed (exit {p.exitcode})")
-    return float(sum(e for e, _ in results)) / float(max(t for _, t in results))
+    time.sleep(0.3)  # the workers' backends exit and are reaped (their CPU moves to cutime)
+    server = server_cpu_s(postmaster) - server0
+    entries = float(sum(e for e, _, _ in results))
+    rate = entries / float(max(t for _, t, _ in results))
+    return rate, sum(c for _, _, c in results) / entries * 1e6, server / entries * 1e6
 
 
 # -- setup ----------------------------------------------------------------------------------
@@ -255,37 +298,46 @@ def main() -> None:
         table = Table(
             title=f"Fenced group commit (PostgreSQL {version[0] if version else '?'}, medians of {args.rounds} x {args.seconds:g} s)"
         )
-        for col in ("owners", "batch", "entries/s", "baseline req/s", "ratio"):
+        columns = ("owners", "batch", "entries/s", "baseline req/s", "ratio")
+        for col in (*columns, "client CPU µs/entry", "server CPU µs/entry"):
             table.add_column(col, justify="right")
         # Rounds interleave the baseline and every batch size, so that the noise of this
         # shared machine falls on all of them alike; medians per configuration.
-        samples: dict[tuple[int, int], list[float]] = {}
+        samples: dict[tuple[int, int], list[tuple[float, float, float]]] = {}
+        postmaster = postmaster_pid(dsn)
         total = len(owner_counts) * (len(batches) + 1) * args.rounds
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("measuring", total=total)
             for r in range(args.rounds):
                 for owners in owner_counts:
-                    rate = run_round(baseline_worker, owners, (dsn, args.seconds, f"b{owners}-{r}"))
-                    samples.setdefault((owners, 0), []).append(rate)
+                    figures = run_round(
+                        baseline_worker, owners, (dsn, args.seconds, f"b{owners}-{r}"), postmaster
+                    )
+                    samples.setdefault((owners, 0), []).append(figures)
                     progress.advance(task)
                     for batch in batches:
                         tag = f"g{owners}-{batch}-{r}"
-                        rate = run_round(
-                            group_commit_worker, owners, (dsn, batch, args.seconds, tag)
+                        figures = run_round(
+                            group_commit_worker, owners, (dsn, batch, args.seconds, tag), postmaster
                         )
-                        samples.setdefault((owners, batch), []).append(rate)
+                        samples.setdefault((owners, batch), []).append(figures)
                         progress.advance(task)
-        figures = {k: statistics.median(v) for k, v in samples.items()}
-        base_figures = {o: figures[(o, 0)] for o in owner_counts}
+        medians = {
+            k: tuple(statistics.median(x[i] for x in v) for i in range(3))
+            for k, v in samples.items()
+        }
         for owners in owner_counts:
-            for batch in batches:
-                rate = figures[(owners, batch)]
+            base_rate = medians[(owners, 0)][0]
+            for batch in [0, *batches]:
+                rate, client, server_cpu = medians[(owners, batch)]
                 table.add_row(
                     str(owners),
-                    f"{batch:,}",
+                    f"{batch:,}" if batch else "baseline",
                     f"{rate:,.0f}",
-                    f"{base_figures[owners]:,.0f}",
-                    f"{rate / base_figures[owners]:.1f}x",
+                    f"{base_rate:,.0f}",
+                    f"{rate / base_rate:.1f}x",
+                    f"{client:,.0f}",
+                    f"{server_cpu:,.0f}" if postmaster else "-",
                 )
         console.print(table)
 
