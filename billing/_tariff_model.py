@@ -20,6 +20,7 @@ from billing.money import Rounding
 from billing.protocol import FinalUnitAction, PaymentMode, ServiceKind
 
 HOME_ZONE = "home"
+_UNKNOWN = object()  # "not memoised yet" (None is a memoised answer: no group)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,8 @@ class PlanVersion:
     _rate_memo: dict[tuple[str, int | None, str | None, str], RateSpec | None] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # destination -> its group (or None): a session's called number is looked up on every request
+    _group_memo: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         lengths = tuple(sorted({len(p) for p in self.destination_prefixes}, reverse=True))
@@ -196,14 +199,21 @@ class PlanVersion:
         ignored), or ``None`` when no prefix matches."""
         if not destination:
             return None
-        if destination[0] == "+":
-            destination = destination[1:]
+        memo = self._group_memo
+        known = memo.get(destination, _UNKNOWN)
+        if known is not _UNKNOWN:
+            return known  # type: ignore[return-value]
+        group = None
         prefixes = self.destination_prefixes
+        digits = destination[1:] if destination[0] == "+" else destination
         for length in self._prefix_lengths:
-            group = prefixes.get(destination[:length])
+            group = prefixes.get(digits[:length])
             if group is not None:
-                return group
-        return None
+                break
+        if len(memo) >= 4096:
+            memo.clear()  # bounded: many distinct numbers just make it a small recent cache
+        memo[destination] = group
+        return group
 
     def zone(self, visited_plmn: str | None) -> str | None:
         """``home`` for no visited network or a home network; else the roaming zone of the exact
