@@ -441,6 +441,11 @@ def per_request(used: dict[str, float], requests: int) -> str:
     return f"{total / max(requests, 1) * 1e6:.0f} µs total ({shown})"
 
 
+def _at(ordered: list[float], quantile: float) -> float:
+    """The ``quantile`` of sorted seconds, in milliseconds."""
+    return ordered[min(len(ordered) - 1, int(len(ordered) * quantile))] * 1e3
+
+
 def cpu_us(used: dict[str, float], requests: int) -> float:
     """CPU microseconds per request, every process of the system and the client together."""
     return sum(used.values()) / max(requests, 1) * 1e6
@@ -517,6 +522,17 @@ async def bench(args: argparse.Namespace) -> None:
                     max_in_flight=in_flight,
                 )
         print(f"front doors (transport/batches in flight per owner): {', '.join(doors)}")
+        batches: dict[str, list[Any]] = {label: [] for label in doors}
+        for label, door in doors.items():
+            # Owner batch round trips (the batcher's view: send -> replies), for the latency
+            # breakdown. Batchers are built on first use and take the dispatcher's callback then.
+            recorded = door.dispatcher._on_batch
+
+            def record(batch: Any, into: list[Any] = batches[label], then: Any = recorded) -> None:
+                into.append(batch)
+                then(batch)
+
+            door.dispatcher._on_batch = record
         postmaster = system.embedded.status()["pid"] if system.embedded is not None else None
         meter = CpuMeter(postmaster)
         echo_port = free_port()
@@ -581,12 +597,23 @@ async def bench(args: argparse.Namespace) -> None:
                             rate=500,
                             subscribers=subscribers,
                         )
+                        batches[label].clear()
                         meter.start()
                         r = await in_child(_load_child, config)
                         used = meter.stop()
                         p = r.latencies.percentiles()
                         print(f"open loop 500/s [{label}] {fmt(r)}")
                         print(f"  cpu per request: {per_request(used, r.requests)}")
+                        trips = sorted(b.seconds for b in batches[label])
+                        if trips:
+                            size = sum(b.size for b in batches[label]) / len(trips)
+                            print(
+                                f"  owner batch round trip: p50 {_at(trips, 0.5):.2f} p95"
+                                f" {_at(trips, 0.95):.2f} p99 {_at(trips, 0.99):.2f} ms,"
+                                f" {len(trips):,} batches of {size:.2f} requests on average"
+                            )
+                            note(f"batch_rtt_p50_ms[{label}]", _at(trips, 0.5))
+                            note(f"batch_rtt_p95_ms[{label}]", _at(trips, 0.95))
                         note(f"latency_p50_ms[{label}]", p["p50"] * 1e3)
                         note(f"latency_p95_ms[{label}]", p["p95"] * 1e3)
                         note(f"latency_p99_ms[{label}]", p["p99"] * 1e3)
