@@ -42,10 +42,12 @@ SQL_END_SESSIONS = (
     b" WHERE s.vshard = (d->>0)::integer AND s.session_id = d->>1"
 )
 # The whole plain-PostgreSQL group commit as one statement (migration 0003): the fence, then the
-# writes; the batches in the order of COMMIT_ARGS (None: nothing of that kind).
+# writes; the batches in the order of COMMIT_ARGS (None: nothing of that kind). Prepared once per
+# writer connection (protocol-level Parse) under COMMIT_STATEMENT; every argument travels as text.
+COMMIT_STATEMENT = b"billing_commit_q"
 SQL_COMMIT = (
-    b"SELECT billing_commit(%s::integer[], %s::bigint[], %s::jsonb, %s::jsonb, %s::jsonb,"
-    b" %s::jsonb, %s::jsonb, %s::jsonb, %s::jsonb)"
+    b"SELECT billing_commit($1::integer[], $2::bigint[], $3::jsonb, $4::jsonb, $5::jsonb,"
+    b" $6::jsonb, $7::jsonb, $8::jsonb, $9::jsonb)"
 )
 SQL_ANSWERS = (
     b"INSERT INTO answers (vshard, idempotency_key, kind, answer)"

@@ -463,7 +463,7 @@ class Store:
         async with self._writer_slots:
             conn = await self._writer()
             try:
-                await conn.execute(q.SQL_COMMIT, params, prepare=True)
+                await _execute_prepared(conn, q.COMMIT_STATEMENT, params)
             except BaseException:
                 if conn.closed or conn.info.transaction_status != pq.TransactionStatus.IDLE:
                     with contextlib.suppress(Exception):
@@ -492,7 +492,7 @@ class Store:
                     await conn.close()
         if self._closed:
             raise StoreUnavailable("the store is closed; nothing was written")
-        return await asyncio.wait_for(
+        conn = await asyncio.wait_for(
             psycopg.AsyncConnection.connect(
                 self.dsn,
                 autocommit=True,
@@ -501,6 +501,13 @@ class Store:
             ),
             self._timeout_s,
         )
+        try:
+            conn.pgconn.send_prepare(q.COMMIT_STATEMENT, q.SQL_COMMIT)
+            await _results(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
     async def _check_epochs(
         self, conn: psycopg.AsyncConnection[Any], touched: list[int], epochs: Mapping[int, int]
@@ -669,6 +676,66 @@ def _consumption_key(bucket: Bucket) -> tuple[int, bool, datetime | None, str]:
     """Lowest priority first, then earliest expiry (none last), then id."""
     expiry = bucket.expires_at
     return (bucket.priority, expiry is None, expiry, bucket.bucket_id)
+
+
+async def _execute_prepared(
+    conn: psycopg.AsyncConnection[Any], name: bytes, params: Sequence[str | None]
+) -> None:
+    """Run the prepared statement ``name`` with text ``params`` on ``conn``; raise its error.
+
+    The group commit's hot path at small batches, driven through libpq directly: psycopg's
+    async ``execute`` (cursor, adapters, prepared-statement cache, a reader registration per
+    wait) cost ~170 µs of CPU per one-request commit against ~75 µs for its sync twin; this is
+    one send, one wait for the socket, one result. The statement returns no rows we need. The
+    caller owns ``conn`` (nothing else uses it meanwhile) and closes it if this raises with a
+    statement still in flight.
+    """
+    conn.pgconn.send_query_prepared(name, [None if p is None else p.encode() for p in params])
+    await _results(conn)
+
+
+async def _results(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Flush what was sent on ``conn``'s libpq connection, read every result; raise the error."""
+    pgconn = conn.pgconn
+    loop = asyncio.get_running_loop()
+    fd = pgconn.socket
+    while pgconn.flush():  # the batch did not fit the socket buffer at once
+        await _ready(loop, fd, write=True)
+    error: psycopg.Error | None = None
+    while True:
+        pgconn.consume_input()
+        if pgconn.is_busy():
+            await _ready(loop, fd, write=False)
+            continue
+        result = pgconn.get_result()
+        if result is None:
+            break
+        if result.status == pq.ExecStatus.FATAL_ERROR and error is None:
+            error = psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+    if error is not None:
+        raise error
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
+    """Wait until ``fd`` is readable (or writable)."""
+    future: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    if write:
+        loop.add_writer(fd, wake)
+        try:
+            await future
+        finally:
+            loop.remove_writer(fd)
+    else:
+        loop.add_reader(fd, wake)
+        try:
+            await future
+        finally:
+            loop.remove_reader(fd)
 
 
 def _int_array(values: Sequence[int]) -> str:

@@ -42,7 +42,7 @@ def test_commit_arguments_follow_the_function_signature() -> None:
     positions = [signature.index(_ARGS[sql]) for sql in q.COMMIT_ARGS]
     assert positions == sorted(positions)
     assert len(q.COMMIT_ARGS) == len(_ARGS)
-    assert q.SQL_COMMIT.count(b"%s") == 2 + len(q.COMMIT_ARGS)
+    assert q.SQL_COMMIT.count(b"$") == 2 + len(q.COMMIT_ARGS)
 
 
 def test_the_fence_runs_before_any_write() -> None:
