@@ -391,3 +391,31 @@ def test_front_door_settings_are_checked_before_anything_starts(
 
     with pytest.raises(StartupError, match=message):
         asyncio.run(start_frontdoor(**options))
+
+
+def test_calls_in_progress_and_connections_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        handler = Recorder()
+        handler.gate = asyncio.Event()
+        server = ChannelServer(handler, host="127.0.0.1", calls_max=2, connections_max=1)
+        endpoint = await server.start()
+        connection = await ChannelConnection.open(endpoint, timeout_s=5)
+        try:
+            calls = [asyncio.ensure_future(connection.call([i], timeout_s=10)) for i in range(3)]
+            while len(handler.calls) < 2:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            assert len(handler.calls) == 2  # the third waits unread until one finishes
+            # A second connection is over the bound: dropped before any handshake.
+            reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+            assert await _closed_by_peer(reader)
+            writer.close()
+            handler.gate.set()
+            assert await asyncio.gather(*calls) == [[("ok", i)] for i in range(3)]
+        finally:
+            await connection.close()
+            await server.close()
+
+    with caplog.at_level(logging.WARNING, logger="actors.channel"):
+        run(scenario)
+    assert "connections already open" in caplog.text
