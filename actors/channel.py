@@ -19,7 +19,8 @@ Protocol (integers big-endian):
    Either side closes the connection (logging why) when the other's proof is wrong or late.
    The payload is pickle: nothing is unpickled before the peer has proved the secret.
 2. Frames: a header (body length u32, call id u64, kind u8) and the body. ``CALL``: a pickled
-   list of owner requests; ``REPLY``: the pickled list of replies, one per request, in order;
+   list of owner requests; ``TRACED_CALL``: a pickled ``(trace headers, list of owner requests)``
+   pair, sent when the front door traces (the W3C context of its batch span, actors/tracing.py); ``REPLY``: the pickled list of replies, one per request, in order;
    ``FAILED``: UTF-8 text (the owner's handler raised: the outcome is unknown). A body longer than
    ``frame_max``, an unknown kind, a truncated frame or a body that is not a pickled list closes
    that connection, with the reason logged.
@@ -41,7 +42,7 @@ import logging
 import pickle
 import secrets
 import struct
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,7 @@ NONCE_BYTES = 16
 MAC_BYTES = 32
 SECRET_BYTES = 32
 HEADER = struct.Struct(">IQB")  # body length, call id, kind
-CALL, REPLY, FAILED = 1, 2, 3
+CALL, REPLY, FAILED, TRACED_CALL = 1, 2, 3, 4
 FRAME_MAX_DEFAULT = 32 * 1024 * 1024  # a front door batch of 2,048 requests is ~1 MB
 CALLS_MAX_DEFAULT = 64  # calls in progress per connection before the owner stops reading
 CONNECTIONS_MAX_DEFAULT = 256  # per owner: front doors x reconnects in progress
@@ -60,6 +61,7 @@ HANDSHAKE_TIMEOUT_S_DEFAULT = 5.0
 _ERROR_TEXT_MAX = 2000
 
 Handler = Callable[[list[Any]], Awaitable[Sequence[Any]]]
+TracedHandler = Callable[[list[Any], Mapping[str, str]], Awaitable[Sequence[Any]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,7 @@ async def read_frame(reader: asyncio.StreamReader, frame_max: int) -> tuple[int,
     asyncio.IncompleteReadError (closed; ``partial`` is non-empty when a frame was cut short)."""
     header = await reader.readexactly(HEADER.size)
     length, call_id, kind = HEADER.unpack(header)
-    if kind not in (CALL, REPLY, FAILED):
+    if kind not in (CALL, REPLY, FAILED, TRACED_CALL):
         raise FrameError(f"unknown frame kind {kind}")
     if length > frame_max:
         raise FrameError(f"frame of {length} bytes is over the bound of {frame_max}")
@@ -183,12 +185,14 @@ class ChannelServer:
         connections_max: int = CONNECTIONS_MAX_DEFAULT,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S_DEFAULT,
         secret: bytes | None = None,
+        traced: TracedHandler | None = None,
     ) -> None:
         if frame_max < 1 or calls_max < 1 or connections_max < 1:
             raise ValueError("frame_max, calls_max and connections_max must be >= 1")
         if not handshake_timeout_s > 0:
             raise ValueError(f"handshake_timeout_s must be > 0, got {handshake_timeout_s}")
         self._handler = handler
+        self._traced = traced  # a TRACED_CALL's handler (else ``handler``, headers ignored)
         self._host = host
         self._port = port
         self._frame_max = frame_max
@@ -280,7 +284,7 @@ class ChannelServer:
             except FrameError as bad:
                 self._refuse(peer, str(bad))
                 return
-            if kind != CALL:
+            if kind != CALL and kind != TRACED_CALL:
                 self._refuse(peer, f"frame kind {kind} is not a call")
                 return
             try:
@@ -288,10 +292,18 @@ class ChannelServer:
             except Exception as bad:  # authenticated but garbled: a bug, not a charge
                 self._refuse(peer, f"call {call_id} does not unpickle: {type(bad).__name__}")
                 return
+            headers: dict[str, str] | None = None
+            if kind == TRACED_CALL:
+                if not (
+                    type(requests) is tuple and len(requests) == 2 and type(requests[0]) is dict
+                ):
+                    self._refuse(peer, f"traced call {call_id} is not a (headers, list) pair")
+                    return
+                headers, requests = requests
             if type(requests) is not list:
                 self._refuse(peer, f"call {call_id} is a {type(requests).__name__}, not a list")
                 return
-            task = asyncio.create_task(self._call(writer, call_id, requests, slots))
+            task = asyncio.create_task(self._call(writer, call_id, requests, slots, headers))
             running.add(task)
             task.add_done_callback(running.discard)
 
@@ -301,10 +313,14 @@ class ChannelServer:
         call_id: int,
         requests: list[Any],
         slots: asyncio.Semaphore,
+        headers: dict[str, str] | None = None,
     ) -> None:
         try:
             try:
-                replies = await self._handler(requests)
+                if headers is not None and self._traced is not None:
+                    replies = await self._traced(requests, headers)
+                else:
+                    replies = await self._handler(requests)
                 body = pickle.dumps(replies if type(replies) is list else list(replies), protocol=5)
                 if len(body) > self._frame_max:
                     raise FrameError(f"reply of {len(body)} bytes is over {self._frame_max}")
@@ -375,12 +391,20 @@ class ChannelConnection:
     def in_flight(self) -> int:
         return len(self._pending)
 
-    async def call(self, payload: list[Any], timeout_s: float) -> list[Any]:
-        """Send ``payload`` once; the reply list. Raises ChannelClosed (outcome unknown),
-        CallFailed (the owner raised: outcome unknown) or FrameError (too big: not sent)."""
+    async def call(
+        self, payload: list[Any], timeout_s: float, trace: Mapping[str, str] | None = None
+    ) -> list[Any]:
+        """Send ``payload`` once (with ``trace``, the caller's span context, when given); the
+        reply list. Raises ChannelClosed (outcome unknown), CallFailed (the owner raised: outcome
+        unknown) or FrameError (too big: not sent)."""
         if self._broken is not None:
             raise ChannelClosed(str(self._broken))
-        body = pickle.dumps(payload, protocol=5)
+        kind = CALL
+        if trace:
+            kind = TRACED_CALL
+            body = pickle.dumps((dict(trace), payload), protocol=5)
+        else:
+            body = pickle.dumps(payload, protocol=5)
         if len(body) > self._frame_max:
             raise FrameError(f"call of {len(body)} bytes is over the bound of {self._frame_max}")
         call_id = self._next_id
@@ -388,7 +412,7 @@ class ChannelConnection:
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         try:
-            self._writer.write(encode_frame(CALL, call_id, body))
+            self._writer.write(encode_frame(kind, call_id, body))
             async with asyncio.timeout(timeout_s):
                 await self._writer.drain()
                 return await future

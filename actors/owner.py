@@ -41,13 +41,14 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import ray
 
+from actors import tracing
 from actors._apply import InternalError, JoinRemote, Step, apply_one
 from actors._flights import Flight, changes_keys, item_keys, take_independent
 from actors._gc import freeze_loaded, tune_gc
@@ -163,6 +164,7 @@ class _Job:
     items: list[Item] = field(default_factory=list)
     future: asyncio.Future[list[OwnerReply]] | None = None
     new_map: ShardMap | None = None
+    span: Any = None  # the caller's batch span when tracing (the commit links to it)
 
 
 def _utcnow() -> datetime:
@@ -236,7 +238,7 @@ class ShardOwner:
         self._tasks = [loop.create_task(self._run()), loop.create_task(self._sweep_loop())]
         # Charging batches from front doors also arrive directly (actors/channel.py): same submit.
         host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        self._channel = ChannelServer(self.submit, host=host)
+        self._channel = ChannelServer(self.submit, host=host, traced=self._submit_traced)
         self._channel.start_soon()
 
     # -- public methods (Ray calls) ---------------------------------------------------------
@@ -311,6 +313,14 @@ class ShardOwner:
             await asyncio.gather(*waits)
         # One C pickle of the whole reply list instead of Ray's cloudpickle walk per reply.
         return PickledBatch(r if r is not None else Unavailable("no reply; retry") for r in replies)
+
+    async def _submit_traced(
+        self, requests: Sequence[OwnerRequest], headers: Mapping[str, str]
+    ) -> list[OwnerReply]:
+        """:meth:`submit` inside ``billing.owner.batch``, the child of the front door's span
+        whose context ``headers`` carry (a traced channel call; actors/tracing.py)."""
+        with tracing.batch_span(headers, self._name, len(requests)):
+            return await self.submit(requests)
 
     async def forwarded(self, items: Sequence[Forwarded]) -> list[OwnerReply]:
         """Owner-to-owner: apply members' requests to the accounts held here."""
@@ -559,7 +569,8 @@ class ShardOwner:
             busy = f"owner {self._name} is busy ({self._queued} requests queued)"
             return [Unavailable(busy)] * len(items)
         future: asyncio.Future[list[OwnerReply]] = asyncio.get_running_loop().create_future()
-        self._push(_Job("requests", items=items, future=future))
+        span = tracing.current_span() if tracing.enabled() else None
+        self._push(_Job("requests", items=items, future=future, span=span))
         return await future
 
     def _push(self, job: _Job) -> None:
@@ -716,7 +727,7 @@ class ShardOwner:
         changes = flight.changes
         touched = [*changes.subscribers, *changes.accounts]
         try:
-            flight.error = await self._store_commit(changes)
+            flight.error = await self._store_commit(changes, flight.jobs)
             if flight.error is None:
                 self._commits += 1
                 self._directory.freeze(touched, keep=self._guests)  # committed and idle: pack
@@ -984,8 +995,21 @@ class ShardOwner:
             del changes.subscribers[sid]
         return changes
 
-    async def _store_commit(self, changes: Changes) -> _CommitError | None:
-        """Commit ``changes`` in ONE transaction; the error if it failed (nothing written)."""
+    async def _store_commit(
+        self, changes: Changes, jobs: Sequence[_Job] = ()
+    ) -> _CommitError | None:
+        """Commit ``changes`` in ONE transaction; the error if it failed (nothing written).
+        Traced as ``billing.owner.commit``, linked to the batch span of every job it serves."""
+        if not tracing.enabled():
+            return await self._store_commit_once(changes)
+        spans = [job.span for job in jobs]
+        requests = sum(len(job.items) for job in jobs)
+        with tracing.commit_span(spans, self._name, requests) as span:
+            error = await self._store_commit_once(changes)
+            tracing.commit_outcome(span, error=None if error is None else error.message)
+            return error
+
+    async def _store_commit_once(self, changes: Changes) -> _CommitError | None:
         try:
             await self._store.commit(changes, self._epochs)
         except StoreNotOwner as exc:

@@ -60,6 +60,14 @@ def inject() -> Carrier | None:
     return carrier
 
 
+def current_span() -> Any | None:
+    """The span current in this task (an owner's batch span), or None."""
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    return span if span.get_span_context().is_valid else None
+
+
 def _tracer() -> Any:
     from opentelemetry import trace
 

@@ -29,6 +29,7 @@ from typing import Any
 import ray
 from grpc import StatusCode
 
+from actors import tracing
 from actors.channel import FRAME_MAX_DEFAULT, ChannelConnection, Endpoint
 from actors.messages import (
     INVALID_ARGUMENT,
@@ -43,6 +44,7 @@ from actors.messages import (
 from billing.tariff import Plan, describe_plan
 from cluster.convert import ValidationError
 from cluster.frontdoor import PlanError, PlanInfo
+from cluster.telemetry import current as current_telemetry
 from sharding.shardmap import ShardMap
 
 NAMESPACE = "billing"
@@ -137,7 +139,9 @@ class DirectOwnerClient:
         connection = self._connection
         if connection is None or connection.closed:
             connection = await self._connect()  # nothing sent yet: connecting is safe
-        replies: list[OwnerReply] = await connection.call(requests, self._call_timeout_s)
+        # A tracing front door sends its batch span's context along (actors/tracing.py).
+        trace = tracing.inject() if current_telemetry().enabled else None
+        replies: list[OwnerReply] = await connection.call(requests, self._call_timeout_s, trace)
         return replies
 
     async def _connect(self) -> ChannelConnection:

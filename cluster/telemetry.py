@@ -12,9 +12,11 @@ What is recorded:
   ``billing.owner.queue_depth`` (observable gauge, by owner), ``billing.owner.batch.duration``;
 - traces: a span per gRPC request at the front door (``billing.frontdoor/<method>``) with the
   session id, request number, subscriber's vshard and owner as attributes, and a span per owner
-  batch (``billing.owner.submit``). Owners record their own ``billing.owner.commit`` spans with
-  the same ``billing.owner`` and ``billing.session_id`` attributes (Ray calls carry no trace
-  context here: spans on each side are joined by these shared attributes).
+  batch (``billing.owner.submit``). Its context travels with the batch (in the direct channel's
+  frame, or in Ray's call when the Ray transport is used) to the owner, whose
+  ``billing.owner.batch`` span is its child; the owner's group commit is a
+  ``billing.owner.commit`` span linked to every batch it makes durable (actors/tracing.py). Owners
+  export through the global provider that :func:`ray_tracing_startup` installs in each worker.
 
 Providers are private to this module (not installed globally), so tests and several front doors
 in one process do not interfere.

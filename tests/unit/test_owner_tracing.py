@@ -70,3 +70,40 @@ def test_failed_commit_is_marked_with_its_reason(spans: InMemorySpanExporter) ->
     (span,) = spans.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
     assert "nothing acknowledged" in (span.status.description or "")
+
+
+def test_trace_context_crosses_the_owner_channel(spans: InMemorySpanExporter) -> None:
+    """A front door's batch span travels in a TRACED_CALL frame over real TCP; the owner's
+    handler opens ``billing.owner.batch`` as its child, and an untraced call carries nothing."""
+    import asyncio
+
+    from actors.channel import ChannelConnection, ChannelServer
+
+    seen: list[tuple[str, object]] = []
+
+    async def plain(requests: list[object]) -> list[object]:
+        seen.append(("plain", None))
+        return requests
+
+    async def traced(requests: list[object], headers: object) -> list[object]:
+        with tracing.batch_span(headers, "owner-0", len(requests)) as span:  # type: ignore[arg-type]
+            seen.append(("traced", span))
+        return requests
+
+    async def scenario() -> None:
+        server = ChannelServer(plain, host="127.0.0.1", traced=traced)
+        connection = await ChannelConnection.open(await server.start(), timeout_s=5)
+        try:
+            with tracing._tracer().start_as_current_span("billing.owner.submit") as sender:
+                assert await connection.call(["a", "b"], 5, tracing.inject()) == ["a", "b"]
+            assert await connection.call(["c"], 5) == ["c"]
+        finally:
+            await connection.close()
+            await server.close()
+        (batch,) = [s for s in spans.get_finished_spans() if s.name == "billing.owner.batch"]
+        assert batch.parent is not None
+        assert batch.parent.span_id == sender.get_span_context().span_id
+        assert batch.attributes is not None and batch.attributes["billing.batch.size"] == 2
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert [kind for kind, _ in seen] == ["traced", "plain"]
