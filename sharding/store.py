@@ -409,31 +409,7 @@ class Store:
         if missing:
             raise ValueError(f"commit touches vshards {missing} but no epoch was given for them")
         # Encode before the transaction: a bad record fails without touching the database.
-        writes: list[tuple[bytes, str]] = []
-        if changes.journal:
-            writes.append((q.SQL_JOURNAL, JOURNAL.batch_json(changes.journal)))
-        if changes.subscribers:
-            writes.append(
-                (q.SQL_SUBSCRIBERS, SUBSCRIBERS.batch_json(list(changes.subscribers.values())))
-            )
-        if changes.accounts:
-            writes.append((q.SQL_ACCOUNTS, ACCOUNTS.batch_json(list(changes.accounts.values()))))
-        if changes.buckets:
-            writes.append((q.SQL_BUCKETS, BUCKETS.batch_json(list(changes.buckets.values()))))
-        if changes.sessions:
-            writes.append((q.SQL_SESSIONS, SESSIONS.batch_json(list(changes.sessions.values()))))
-        if changes.ended_sessions:
-            ended = [[v, sid] for sid, v in changes.ended_sessions.items()]
-            writes.append((q.SQL_END_SESSIONS, batch_json(ended)))
-        if changes.answers or changes.balance_results:
-            answers: list[tuple[int, str, str, dict[str, Any]]] = [
-                (v, key, "cc", answer_data(answer)) for key, (v, answer) in changes.answers.items()
-            ]
-            answers += [
-                (v, key, "balance", balance_result_data(result))
-                for key, (v, result) in changes.balance_results.items()
-            ]
-            writes.append((q.SQL_ANSWERS, batch_json(answers)))
+        writes = encode_writes(changes)
         if self._citus:
             async with self._tx("commit") as conn:
                 await self._check_epochs(conn, touched, epochs)
@@ -676,6 +652,36 @@ def _consumption_key(bucket: Bucket) -> tuple[int, bool, datetime | None, str]:
     """Lowest priority first, then earliest expiry (none last), then id."""
     expiry = bucket.expires_at
     return (bucket.priority, expiry is None, expiry, bucket.bucket_id)
+
+
+def encode_writes(changes: Changes) -> list[tuple[bytes, str]]:
+    """(statement, JSON batch) per kind of row ``changes`` writes, in the commit's order."""
+    writes: list[tuple[bytes, str]] = []
+    if changes.journal:
+        writes.append((q.SQL_JOURNAL, JOURNAL.batch_json(changes.journal)))
+    if changes.subscribers:
+        writes.append(
+            (q.SQL_SUBSCRIBERS, SUBSCRIBERS.batch_json(list(changes.subscribers.values())))
+        )
+    if changes.accounts:
+        writes.append((q.SQL_ACCOUNTS, ACCOUNTS.batch_json(list(changes.accounts.values()))))
+    if changes.buckets:
+        writes.append((q.SQL_BUCKETS, BUCKETS.batch_json(list(changes.buckets.values()))))
+    if changes.sessions:
+        writes.append((q.SQL_SESSIONS, SESSIONS.batch_json(list(changes.sessions.values()))))
+    if changes.ended_sessions:
+        ended = [[v, sid] for sid, v in changes.ended_sessions.items()]
+        writes.append((q.SQL_END_SESSIONS, batch_json(ended)))
+    if changes.answers or changes.balance_results:
+        answers: list[tuple[int, str, str, dict[str, Any]]] = [
+            (v, key, "cc", answer_data(answer)) for key, (v, answer) in changes.answers.items()
+        ]
+        answers += [
+            (v, key, "balance", balance_result_data(result))
+            for key, (v, result) in changes.balance_results.items()
+        ]
+        writes.append((q.SQL_ANSWERS, batch_json(answers)))
+    return writes
 
 
 async def _execute_prepared(
