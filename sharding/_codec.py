@@ -22,7 +22,9 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-__all__ = ["CodecError", "decode_json", "decoder", "encode_json", "encoder"]
+import orjson
+
+__all__ = ["CodecError", "decode_json", "decoder", "dumps", "encode_json", "encoder"]
 
 Encode = Callable[[Any], Any]
 Decode = Callable[[Any], Any]
@@ -184,9 +186,42 @@ def _dataclass_decoder(cls: type) -> Decode:
     return decode
 
 
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise CodecError(f"cannot write {type(value).__name__} value {value!r} to the database")
+
+
+def dumps_reference(value: Any) -> str:
+    """The standard library's compact JSON of ``value`` (datetimes as ``isoformat()``).
+
+    What :func:`dumps` falls back to, and the JSON value it must always equal.
+    """
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_default)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of ``value``: the same JSON value as :func:`dumps_reference`.
+
+    ``orjson`` (~5-10x faster on the group commit's rows) where it writes exactly that value:
+    str/int/bool/None, lists, tuples, str-keyed dicts, enums (their value), and datetimes in
+    UTC or whole-minute offsets (RFC 3339 text equal to ``isoformat()``; orjson would drop an
+    offset's seconds, so :mod:`sharding._rows` hands such datetimes over as text already).
+    Whatever orjson refuses (ints beyond 64 bits, non-str keys, surrogates, dataclasses, other
+    types) goes through :func:`dumps_reference`, which also raises :class:`CodecError` as before.
+    Not covered, as no record holds them (typed rows; money is int micros): floats (orjson
+    writes NaN/infinity as null, the reference as text PostgreSQL refuses), and the date, time,
+    UUID and plain-enum values orjson writes where the reference raises.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_PASSTHROUGH_DATACLASS).decode()
+    except orjson.JSONEncodeError:
+        return dumps_reference(value)
+
+
 def encode_json(tp: Any, value: Any) -> str:
     """Compact JSON text for ``value`` of type ``tp``."""
-    return json.dumps(encoder(tp)(value), separators=(",", ":"), ensure_ascii=False)
+    return dumps(encoder(tp)(value))
 
 
 def decode_json(tp: Any, text: str | bytes) -> Any:

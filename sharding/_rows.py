@@ -15,13 +15,15 @@ import json
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
+import orjson
+
 from billing.protocol import BalanceResult, CreditControlAnswer, PaymentMode, ServiceKind
 from billing.state import Account, Bucket, EntryKind, JournalEntry, Reservation, Session, Subscriber
-from sharding._codec import CodecError, decoder, encode_json, encoder
+from sharding._codec import CodecError, decoder, dumps, encode_json, encoder
 
 __all__ = [
     "ACCOUNTS",
@@ -45,10 +47,14 @@ _enc_reservations = encoder(_RESERVATIONS)
 _dec_reservations = decoder(_RESERVATIONS)
 
 
-def _aware(value: datetime, what: str) -> datetime:
+def _aware(value: datetime, what: str) -> datetime | str:
+    """``value`` for :func:`batch_json`: itself in UTC (orjson writes it natively, the same text
+    as ``isoformat()``), else its ``isoformat()`` (orjson would drop an offset's seconds)."""
+    if value.tzinfo is UTC:
+        return value
     if value.tzinfo is None:
         raise CodecError(f"{what} must be timezone-aware (UTC), got naive {value!r}")
-    return value
+    return value.isoformat()
 
 
 def encode_answer(answer: CreditControlAnswer) -> str:
@@ -104,8 +110,22 @@ _ENTRY_KIND = _EnumLookup(EntryKind)
 
 
 def _counters(text: str) -> dict[str, int]:
+    """``usage_counters`` from its jsonb text: orjson (~5x faster; half of a big owner's reload
+    was this), unless it read a number as a float: orjson turns an integer beyond 64 bits into
+    one where ``json.loads`` keeps it exact, so then (and for anything orjson refuses) the
+    standard library parses it."""
     if text == "{}":
         return {}
+    try:
+        value: dict[str, int] = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return _json_counters(text)
+    if type(value) is not dict or float in map(type, value.values()):
+        return _json_counters(text)
+    return value
+
+
+def _json_counters(text: str) -> dict[str, int]:
     value: dict[str, int] = json.loads(text)
     return value
 
@@ -157,7 +177,7 @@ class Table:
         """``INSERT ... SELECT FROM json_array_elements(%s)``: one statement for a whole batch.
 
         The batch travels as ONE JSON text (an array of positional rows, :meth:`batch_json`):
-        encoding it is a single C-accelerated ``json.dumps``, where per-column arrays cost a
+        encoding it is a single C-accelerated ``orjson.dumps``, where per-column arrays cost a
         Python call per value to adapt (measured: ~10x slower at 1,000 rows). Each column is
         cast back on the server; jsonb and array columns arrive as JSON text.
         """
@@ -182,15 +202,13 @@ class Table:
         return batch_json([self.to_row(r) for r in records])
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise CodecError(f"cannot write {type(value).__name__} value {value!r} to the database")
-
-
 def batch_json(rows: Sequence[Sequence[Any]]) -> str:
-    """Positional rows as one JSON text (datetimes as ISO 8601 with offset)."""
-    return json.dumps(rows, separators=(",", ":"), ensure_ascii=False, default=_default)
+    """Positional rows as one JSON text (datetimes as ISO 8601 with offset, ``isoformat()``).
+
+    :func:`sharding._codec.dumps`: orjson, with the standard library's ``json.dumps`` for what
+    orjson cannot write the same (the JSON value is always the one ``json.dumps`` gives).
+    """
+    return dumps(rows)
 
 
 def _select_expr(index: int, pg_type: str) -> str:
