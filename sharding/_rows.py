@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -47,10 +48,21 @@ _enc_reservations = encoder(_RESERVATIONS)
 _dec_reservations = decoder(_RESERVATIONS)
 
 
+def _zone_utc() -> Any:
+    try:
+        return ZoneInfo("UTC")  # what psycopg gives loaded timestamptz (TimeZone=UTC)
+    except (KeyError, OSError):  # no time zone database
+        return UTC
+
+
+_ZONE_UTC = _zone_utc()
+
+
 def _aware(value: datetime, what: str) -> datetime | str:
     """``value`` for :func:`batch_json`: itself in UTC (orjson writes it natively, the same text
     as ``isoformat()``), else its ``isoformat()`` (orjson would drop an offset's seconds)."""
-    if value.tzinfo is UTC:
+    tz = value.tzinfo
+    if tz is UTC or tz is _ZONE_UTC:
         return value
     if value.tzinfo is None:
         raise CodecError(f"{what} must be timezone-aware (UTC), got naive {value!r}")

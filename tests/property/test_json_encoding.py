@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -136,6 +137,7 @@ texts = st.text(st.characters(blacklist_categories=()), max_size=8)  # surrogate
 ints = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers())  # and beyond 64 bits
 offsets = st.one_of(
     st.just(UTC),
+    st.just(ZoneInfo("UTC")),
     st.timedeltas(min_value=timedelta(hours=-23), max_value=timedelta(hours=23)).map(timezone),
     st.integers(-23 * 60, 23 * 60).map(lambda m: timezone(timedelta(minutes=m))),
 )
