@@ -217,9 +217,8 @@ def datetime_to_timestamp(at: datetime) -> Timestamp:
     return Timestamp(seconds=seconds, nanos=delta.microseconds * 1000)
 
 
-def units_from_proto(msg: pb.Units, field: str) -> Units:
-    """Domain units; every kind is an integer in [0, UNITS_MAX] (the error names the kind)."""
-    values = (
+def _unit_values(msg: pb.Units) -> tuple[int, int, int, int, int, int]:
+    return (
         msg.time_s,
         msg.total_octets,
         msg.input_octets,
@@ -227,10 +226,16 @@ def units_from_proto(msg: pb.Units, field: str) -> Units:
         msg.service_units,
         msg.money_micros,
     )
-    if min(values) < 0 or max(values) > UNITS_MAX:
-        for name, value in zip(_UNIT_FIELDS, values, strict=True):
+
+
+def units_from_proto(msg: pb.Units, field: str) -> Units:
+    """Domain units; every kind is an integer in [0, UNITS_MAX] (the error names the kind)."""
+    units = _units_fast(msg)
+    if units is None:
+        for name, value in zip(_UNIT_FIELDS, _unit_values(msg), strict=True):
             _amount(value, f"{field}.{name}", minimum=0, maximum=UNITS_MAX)
-    return Units(*values)
+        raise AssertionError("unreachable: a kind out of range was named above")
+    return units
 
 
 def units_to_proto(units: Units) -> pb.Units:
@@ -307,14 +312,8 @@ _FAST_INDETERMINATE = TariffChangeUsage.INDETERMINATE
 
 
 def _units_fast(msg: pb.Units) -> Units | None:
-    values = (
-        msg.time_s,
-        msg.total_octets,
-        msg.input_octets,
-        msg.output_octets,
-        msg.service_units,
-        msg.money_micros,
-    )
+    """The units when every kind is in [0, UNITS_MAX], else None."""
+    values = _unit_values(msg)
     if min(values) < 0 or max(values) > UNITS_MAX:
         return None
     return Units(*values)
