@@ -26,10 +26,10 @@ import json
 import struct
 from collections.abc import Hashable, Iterable, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from billing.protocol import PaymentMode, ServiceKind
-from billing.state import Account, Bucket, Subscriber
+from billing.state import Account, Bucket, ShardState, Subscriber
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -131,6 +131,15 @@ class Directory:
         self._strings = _Strings()
         self.subscribers = SubscriberMap(self)
         self.accounts = AccountMap(self)
+
+    def new_state(self) -> ShardState:
+        """A ShardState whose subscribers, accounts and buckets live in this directory."""
+        return ShardState(
+            subscribers=cast(dict[str, Subscriber], self.subscribers),
+            accounts=cast(dict[str, Account], self.accounts),
+            buckets=self.buckets,
+            buckets_by_account=self.buckets_by_account,
+        )
 
     # -- packing ---------------------------------------------------------------------------------
 

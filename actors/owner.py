@@ -41,10 +41,10 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import ray
 
@@ -76,7 +76,7 @@ from actors.messages import (
 )
 from billing.protocol import BalanceResult, CreditControlAnswer, RequestType
 from billing.sessions import prune_answers, release_orphans
-from billing.state import Account, Changes, ShardState, Subscriber
+from billing.state import Changes, ShardState, Subscriber
 from billing.tariff import Catalog, builtin_catalog, load_plan
 from sharding.shardmap import ShardMap
 from sharding.store import DuplicateKey, Store, StoreError
@@ -208,7 +208,7 @@ class ShardOwner:
         )
         self._store_open = False
         self._directory = Directory()
-        self._state = self._new_state(self._directory)
+        self._state = self._directory.new_state()
         self._guests: set[str] = set()
         self._catalog: Catalog = builtin_catalog()
         self._epochs: dict[int, int] = {}
@@ -613,11 +613,7 @@ class ShardOwner:
         backoff = 0.05
         while not self._closing:
             if self._flights and (
-                self._failed
-                or self._needs_load
-                or self._reload_vshards
-                or self._recheck_map
-                or (self._queue and self._queue[0].kind != "requests")
+                self._must_recover() or (self._queue and self._queue[0].kind != "requests")
             ):
                 await self._drain()
                 continue
@@ -625,29 +621,10 @@ class ShardOwner:
                 await self._settle_failures()
                 continue
             if self._needs_load:
-                try:
-                    await self._load_all()
-                    backoff = 0.05
-                except Exception as exc:
-                    self._last_error = f"load failed: {type(exc).__name__}: {exc}"
-                    log.warning("%s: %s", self._name, self._last_error)
-                    self._fail_queued(self._not_ready())
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
+                backoff = await self._recover("load", self._load_all, backoff)
                 continue
             if self._reload_vshards or self._recheck_map:
-                try:
-                    if self._reload_vshards:
-                        await self._reload_touched()
-                    if self._recheck_map:
-                        await self._recheck()
-                    backoff = 0.05
-                except Exception as exc:
-                    self._last_error = f"reload failed: {type(exc).__name__}: {exc}"
-                    log.warning("%s: %s", self._name, self._last_error)
-                    self._fail_queued(self._not_ready())
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
+                backoff = await self._recover("reload", self._reload_and_recheck, backoff)
                 continue
             if not self._queue:
                 self._wakeup.clear()
@@ -675,12 +652,7 @@ class ShardOwner:
                     await self._remap(jobs[0])
                 elif self._suspects(jobs):  # a store lookup, maybe a retry: alone
                     await self._drain()
-                    if (
-                        self._failed
-                        or self._needs_load
-                        or self._reload_vshards
-                        or self._recheck_map
-                    ):
+                    if self._must_recover():
                         self._requeue(jobs)
                         continue
                     await self._process(jobs)
@@ -691,6 +663,31 @@ class ShardOwner:
                 self._invalidate(f"step failed: {type(exc).__name__}: {exc}")
                 for job in jobs:
                     self._resolve(job, [Unavailable(self._last_error)] * len(job.items))
+
+    def _must_recover(self) -> bool:
+        """A failed commit to settle, a load or reload, or a map recheck comes before serving."""
+        return bool(self._failed or self._needs_load or self._reload_vshards or self._recheck_map)
+
+    async def _recover(
+        self, what: str, step: Callable[[], Awaitable[None]], backoff: float
+    ) -> float:
+        """Run a load or reload ``step``; the next backoff. On failure the queued requests are
+        answered not-ready and the writer sleeps ``backoff`` before trying again (doubled, to 1 s)."""
+        try:
+            await step()
+        except Exception as exc:
+            self._last_error = f"{what} failed: {type(exc).__name__}: {exc}"
+            log.warning("%s: %s", self._name, self._last_error)
+            self._fail_queued(self._not_ready())
+            await asyncio.sleep(backoff)
+            return min(backoff * 2, 1.0)
+        return 0.05
+
+    async def _reload_and_recheck(self) -> None:
+        if self._reload_vshards:
+            await self._reload_touched()
+        if self._recheck_map:
+            await self._recheck()
 
     def _keys_of(self, items: Iterable[object], out: set[str]) -> None:
         subscribers = self._state.subscribers
@@ -1099,7 +1096,7 @@ class ShardOwner:
         mine = current.vshards_of(self._name)
         epochs = await self._store.take_over(mine, self._name) if mine else {}
         directory = Directory()
-        state = self._new_state(directory)
+        state = directory.new_state()
         await self._load_into(state, directory, mine)
         catalog = await self._load_catalog()
         self._state, self._directory, self._epochs, self._guests = state, directory, epochs, set()
@@ -1153,16 +1150,6 @@ class ShardOwner:
         self._map = new_map
         if self._route_map is None or new_map.version > self._route_map.version:
             self._route_map = new_map
-
-    @staticmethod
-    def _new_state(directory: Directory) -> ShardState:
-        """A ShardState whose subscribers and accounts live in ``directory`` (mostly packed)."""
-        return ShardState(
-            subscribers=cast(dict[str, Subscriber], directory.subscribers),
-            accounts=cast(dict[str, Account], directory.accounts),
-            buckets=directory.buckets,
-            buckets_by_account=directory.buckets_by_account,
-        )
 
     async def _load_into(
         self, state: ShardState, directory: Directory, vshards: Sequence[int]

@@ -4,7 +4,6 @@ mappings behave like dicts for the domain, and the domain works unchanged on top
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import cast
 
 import pytest
 from hypothesis import given, settings
@@ -14,7 +13,7 @@ from actors.compact import PACKING_ENABLED, Directory
 from billing.accounts import apply_balance, balance_view, provision_subscriber
 from billing.ledger import audit
 from billing.protocol import BalanceCommand, PaymentMode, ServiceKind
-from billing.state import Account, Bucket, ShardState, Subscriber
+from billing.state import Account, Bucket, Subscriber
 from billing.tariff import builtin_catalog
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -23,15 +22,6 @@ micros = st.integers(min_value=-(2**62), max_value=2**62)
 times = st.datetimes(
     min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)
 )
-
-
-def _state(d: Directory) -> ShardState:
-    return ShardState(
-        subscribers=cast(dict[str, Subscriber], d.subscribers),
-        accounts=cast(dict[str, Account], d.accounts),
-        buckets=d.buckets,
-        buckets_by_account=d.buckets_by_account,
-    )
 
 
 def test_packing_knows_every_field_of_the_records() -> None:
@@ -154,7 +144,7 @@ def test_reserved_bucket_stays_hot() -> None:
 def test_domain_runs_on_compact_state(plan_id: str) -> None:
     plan = builtin_catalog().get(plan_id)
     d = Directory()
-    state = _state(d)
+    state = d.new_state()
     for i in range(50):
         provision_subscriber(
             state,
