@@ -21,25 +21,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import psycopg
+from _common import scratch_database
 from bench_commit import owner_accounts, owner_vshards, postmaster_pid, server_cpu_s
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from billing.state import Changes
 from sharding import _samples as sample
 from sharding import _sql as q
-from sharding.pgserver import EmbeddedPostgres
 from sharding.store import Store, _touched_vshards, encode_writes
 
 Commit = Callable[[Store, Changes, Mapping[int, int]], Awaitable[None]]
@@ -108,27 +103,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--batches", default="1,10,100,1000")
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="bench-paths-"))
-    base.chmod(0o755)
-    server = None
-    admin = args.dsn
-    if not admin:
-        server = EmbeddedPostgres(base / "pg")
-        admin = server.start()
-    name = f"bench_paths_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"'.encode())
-    params = conninfo_to_dict(admin)
-    params["dbname"] = name
-    try:
-        batches = [int(b) for b in args.batches.split(",")]
-        asyncio.run(run(make_conninfo("", **params), batches, args.rounds, args.seconds))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
-        if server is not None:
-            server.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    batches = [int(b) for b in args.batches.split(",")]
+    with scratch_database(args.dsn, "bench_paths") as dsn:
+        asyncio.run(run(dsn, batches, args.rounds, args.seconds))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,36 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from actors.messages import ChargeRequest  # noqa: E402
-from billing.protocol import (  # noqa: E402
-    CreditControlRequest,
-    RequestedAction,
-    RequestType,
-    ServiceUsage,
-    Units,
-    UsedUnits,
-)
+from _common import percentiles, sms_event  # noqa: E402
+
 from cluster.loadgen import subscriber_id  # noqa: E402
 
 
-def _event(index: int) -> ChargeRequest:
-    return ChargeRequest(
-        CreditControlRequest(
-            session_id=f"call-{uuid.uuid4().hex}",
-            request_type=RequestType.EVENT,
-            request_number=0,
-            subscriber_id=subscriber_id(index),
-            event_time=datetime.now(UTC),
-            services=(ServiceUsage(rating_group=200, used=(UsedUnits(Units(service_units=1)),)),),
-            requested_action=RequestedAction.DIRECT_DEBITING,
-        )
-    )
-
-
 def _percentiles(seconds: list[float]) -> str:
-    ordered = sorted(seconds)
-    n = len(ordered)
-    p50, p95, p99 = (ordered[min(n - 1, int(n * q))] * 1e3 for q in (0.5, 0.95, 0.99))
+    p50, p95, p99 = (x * 1e3 for x in percentiles(seconds))
     return f"p50 {p50:5.2f}  p95 {p95:5.2f}  p99 {p99:5.2f} ms"
 
 
@@ -85,8 +61,12 @@ async def bench(calls: int) -> None:
             "ray ping": lambda i: ping(),
             "ray empty batch": lambda i: ray_client.submit([]),
             "direct empty batch": lambda i: direct.submit([]),
-            "ray 1-request batch": lambda i: ray_client.submit([_event(mine[i % len(mine)])]),
-            "direct 1-request batch": lambda i: direct.submit([_event(mine[i % len(mine)])]),
+            "ray 1-request batch": lambda i: ray_client.submit(
+                [sms_event(mine[i % len(mine)], "call")]
+            ),
+            "direct 1-request batch": lambda i: direct.submit(
+                [sms_event(mine[i % len(mine)], "call")]
+            ),
         }
         for i in range(30):  # warm up: connections, imports, caches
             for call in kinds.values():

@@ -25,12 +25,9 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,41 +35,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout this file is in
 
 import ray
+from _common import percentiles, scratch_database, sms_event
 
 from actors.bootstrap import provision_bulk_async, start_cluster, stop_cluster
-from actors.messages import Answered, ChargeRequest, ProvisionRequest
+from actors.messages import Answered, ProvisionRequest
 from actors.owner import OwnerConfig
-from billing.protocol import (
-    CreditControlRequest,
-    RequestedAction,
-    RequestType,
-    ServiceUsage,
-    Units,
-    UsedUnits,
-)
 from cluster.loadgen import subscriber_id
 
 VSHARDS = 64
-
-
-def sms(index: int) -> ChargeRequest:
-    return ChargeRequest(
-        CreditControlRequest(
-            session_id=f"rtt-{uuid.uuid4().hex}",
-            request_type=RequestType.EVENT,
-            request_number=0,
-            subscriber_id=subscriber_id(index),
-            event_time=datetime.now(UTC),
-            services=(ServiceUsage(rating_group=200, used=(UsedUnits(Units(service_units=1)),)),),
-            requested_action=RequestedAction.DIRECT_DEBITING,
-        )
-    )
-
-
-def percentiles(xs: list[float]) -> tuple[float, float, float]:
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2], xs[min(n - 1, int(n * 0.95))], xs[min(n - 1, int(n * 0.99))]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -95,14 +65,14 @@ async def measure(handles: Any, mine: list[int], args: argparse.Namespace) -> di
     pid = int((await owner.status.remote()).pid)
     for i in range(50):  # warm-up
         await owner.ping.remote()
-        await owner.submit.remote([sms(mine[i % len(mine)])])
+        await owner.submit.remote([sms_event(mine[i % len(mine)], "rtt")])
     pings: list[float] = []
     submits: list[float] = []
     for k in range(args.requests):
         t = time.perf_counter()
         await owner.ping.remote()
         pings.append(time.perf_counter() - t)
-        request = sms(mine[k % len(mine)])
+        request = sms_event(mine[k % len(mine)], "rtt")
         t = time.perf_counter()
         [reply] = await owner.submit.remote([request])
         submits.append(time.perf_counter() - t)
@@ -118,7 +88,7 @@ async def measure(handles: Any, mine: list[int], args: argparse.Namespace) -> di
         delay = at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        [reply] = await owner.submit.remote([sms(index)])
+        [reply] = await owner.submit.remote([sms_event(index, "rtt")])
         latencies.append(time.perf_counter() - at)
         if not isinstance(reply, Answered):
             failures += 1
@@ -156,25 +126,11 @@ def main() -> None:
     args = parser.parse_args()
     settings = [int(k) for k in args.commits_in_flight.split(",")]
 
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    with scratch_database(args.dsn, "bench_rtt") as dsn:
+        run(args, settings, dsn)
 
-    from sharding.pgserver import EmbeddedPostgres
 
-    base = Path(tempfile.mkdtemp(prefix="bench-rtt-"))
-    base.chmod(0o755)
-    server = None
-    admin = args.dsn
-    if not admin:
-        server = EmbeddedPostgres(base / "pg")
-        admin = server.start()
-    import psycopg
-
-    db = f"bench_rtt_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"'.encode())
-    params = conninfo_to_dict(admin)
-    params["dbname"] = db
-    dsn = make_conninfo("", **params)
+def run(args: argparse.Namespace, settings: list[int], dsn: str) -> None:
     ray.init(
         address="local",
         num_cpus=2,
@@ -224,11 +180,6 @@ def main() -> None:
                 )
     finally:
         ray.shutdown()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'.encode())
-        if server is not None:
-            server.stop()
-        shutil.rmtree(base, ignore_errors=True)
     names = list(next(iter(samples.values()))[0])
     print(f"{'commits_in_flight':>18} " + " ".join(f"{n:>16}" for n in names))
     for k in settings:
