@@ -115,7 +115,7 @@ def start_cluster(
         raise ValueError(f"owners must be >= 1, got {owners}")
     if max_concurrency < 1:
         raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-    owner_config = replace(config, dsn=dsn) if config is not None else OwnerConfig(dsn=dsn)
+    owner_config = replace(config or OwnerConfig(dsn=dsn), dsn=dsn, namespace=namespace)
     names = [owner_name(i) for i in range(owners)]
     manager = (
         manager_actor()
