@@ -107,8 +107,13 @@ def subscriber_view(state: ShardState, subscriber: Subscriber) -> SubscriberView
     )
 
 
-def apply_one(step: Step, item: OwnerRequest | Forwarded | JoinRemote) -> OwnerReply:
+def apply_one(
+    step: Step, item: OwnerRequest | Forwarded | JoinRemote, vshard: int | None = None
+) -> OwnerReply:
     """Apply one request; return its reply (an Answered one is sent only after the commit).
+
+    ``vshard`` is the request's vshard when the caller already computed it (the owner's
+    classification); otherwise it is computed from the routing key here.
 
     Domain refusals (bad input, unknown ids) become :class:`Rejected` and change nothing, as the
     domain promises. Anything else raises :class:`InternalError`: the state may be half-changed,
@@ -119,7 +124,8 @@ def apply_one(step: Step, item: OwnerRequest | Forwarded | JoinRemote) -> OwnerR
             return _apply_forwarded(step, item)
         if isinstance(item, JoinRemote):
             return _apply_join(step, item.view)
-        vshard = step.vshard(item.routing_key)
+        if vshard is None:
+            vshard = step.vshard(item.routing_key)
         if vshard not in step.epochs:
             return NotOwner(vshard, step.map_version)
         return _apply_request(step, item, vshard)

@@ -273,6 +273,7 @@ class ChannelServer:
     ) -> None:
         slots = asyncio.Semaphore(self._calls_max)
         running: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()  # once: each lookup is a getpid() call in Python 3.11
         while True:
             await slots.acquire()  # past calls_max in progress: stop reading (backpressure)
             try:
@@ -303,7 +304,7 @@ class ChannelServer:
             if type(requests) is not list:
                 self._refuse(peer, f"call {call_id} is a {type(requests).__name__}, not a list")
                 return
-            task = asyncio.create_task(self._call(writer, call_id, requests, slots, headers))
+            task = loop.create_task(self._call(writer, call_id, requests, slots, headers))
             running.add(task)
             task.add_done_callback(running.discard)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from billing._frozen import fast_init
 from billing.protocol import BalanceCommand, CreditControlRequest, PaymentMode
 from billing.state import Subscriber
 
@@ -56,6 +57,7 @@ class PickledBatch(list[Any]):
         return pickle.loads, (pickle.dumps(list(self), protocol=5),)
 
 
+@fast_init  # built per request (unpickled, answered): see billing/_frozen.py
 @dataclass(frozen=True, slots=True)
 class ChargeRequest:
     """An online credit-control request (session or event)."""
@@ -135,6 +137,7 @@ class Forwarded:
     map_version: int
 
 
+@fast_init  # built per request (unpickled, answered): see billing/_frozen.py
 @dataclass(frozen=True, slots=True)
 class Answered:
     """The domain's answer (CreditControlAnswer, BalanceResult, a view): sent after commit."""

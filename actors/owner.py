@@ -37,9 +37,12 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import inspect
+import itertools
 import logging
 import os
 import time
+import types
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,6 +168,74 @@ class _Job:
     future: asyncio.Future[list[OwnerReply]] | None = None
     new_map: ShardMap | None = None
     span: Any = None  # the caller's batch span when tracing (the commit links to it)
+    # The vshard of each item when the caller already knew it (submit's classification), so the
+    # step does not hash the routing key again; None: computed when applied.
+    vshards: list[int] | None = None
+
+
+class _Signal:
+    """``asyncio.Event``'s ``set``/``clear``/``wait`` for the one writer task, bound to a loop.
+
+    Why not ``asyncio.Event``: its ``wait`` looks the running loop up on every call, and Python
+    3.11's loop lookup is a ``getpid()`` system call (~1 µs here, several times per batch).
+    """
+
+    __slots__ = ("_is_set", "_loop", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._is_set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._is_set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._is_set = False
+
+    def is_set(self) -> bool:
+        return self._is_set
+
+    async def wait(self) -> None:
+        if self._is_set:
+            return
+        waiter = self._waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+
+def _bypass_ray_wrappers(owner: object) -> None:
+    """Bind the private methods of ``owner``'s class on ``owner`` itself, without Ray's wrappers.
+
+    Ray wraps every method of an actor class for its own tracing (``_inject_tracing_into_class``),
+    the owner's internal helpers included: each internal call then goes through a wrapper, and
+    each internal ``await`` through one more coroutine. Those wrappers only act on a call from
+    another process that carries a trace context, which an internal call never does, so binding
+    the wrapped functions on the instance (instance attributes come before the class's) changes
+    nothing but the cost: ~15 wrapper calls per batch plus one per request (``_classify``).
+    Overrides in a subclass are what is bound (looked up on the instance's class).
+    """
+    cls = type(owner)
+    for name in dir(cls):
+        if not name.startswith("_") or name.startswith("__"):
+            continue
+        if not inspect.isfunction(inspect.getattr_static(cls, name)):
+            continue  # static methods, properties, data: Ray leaves them alone
+        setattr(owner, name, _unwrapped(owner, name))
+
+
+def _unwrapped(owner: object, name: str) -> Any:
+    """The method ``name`` of ``owner`` bound to it, without Ray's tracing wrapper."""
+    function = inspect.unwrap(
+        inspect.getattr_static(type(owner), name),
+        stop=lambda f: not getattr(f, "__ray_tracing_wrapped__", False),
+    )
+    return types.MethodType(function, owner)
 
 
 def _utcnow() -> datetime:
@@ -197,6 +268,9 @@ class ShardOwner:
         if not name:
             raise ValueError("name must not be empty")
         tune_gc()  # a long-lived server with a large, stable heap (actors/_gc.py)
+        _bypass_ray_wrappers(self)
+        loop = asyncio.get_running_loop()  # Ray async actors run __init__ on their event loop
+        self._loop = loop  # cached: each asyncio loop lookup is a getpid() call in Python 3.11
         self._name = name
         self._config = config
         self._store = Store(
@@ -220,7 +294,7 @@ class ShardOwner:
         self._flights: list[Flight] = []  # commits in flight, oldest first
         self._busy: set[str] = set()  # keys of the commits in flight (actors/_flights.py)
         self._failed: list[Flight] = []  # settled with an error: handled once all have settled
-        self._wakeup = asyncio.Event()
+        self._wakeup = _Signal(loop)
         self._ready = asyncio.Event()
         self._needs_load = True
         self._reload_vshards: set[int] = set()  # touched by a failed commit: reload before serving
@@ -234,11 +308,11 @@ class ShardOwner:
         self._commits = 0
         self._sweep_queued = False
         self._answers_pruned_at = time.monotonic()
-        loop = asyncio.get_running_loop()  # Ray async actors run __init__ on their event loop
         self._tasks = [loop.create_task(self._run()), loop.create_task(self._sweep_loop())]
         # Charging batches from front doors also arrive directly (actors/channel.py): same submit.
         host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        self._channel = ChannelServer(self.submit, host=host, traced=self._submit_traced)
+        submit = _unwrapped(self, "submit")  # without Ray's wrapper, see _bypass_ray_wrappers
+        self._channel = ChannelServer(submit, host=host, traced=self._submit_traced)
         self._channel.start_soon()
 
     # -- public methods (Ray calls) ---------------------------------------------------------
@@ -293,17 +367,25 @@ class ShardOwner:
         assert current is not None
         replies: list[OwnerReply | None] = [None] * count
         local: list[int] = []
+        vshards: list[int] = []  # of the local requests, computed once here
         forwards: list[tuple[int, Forwarded]] = []
         joins: list[tuple[int, Forwarded]] = []
+        classify = self._classify
         for index, request in enumerate(requests):
-            reply = self._classify(request, current, index, local, forwards, joins)
-            replies[index] = reply
+            replies[index] = classify(request, current, index, local, vshards, forwards, joins)
         waits: list[asyncio.Future[None]] = []
         if local and not forwards and not joins:  # the usual batch: no task, no gather
-            await self._fill(replies, local, [requests[i] for i in local])
+            items: list[Any]
+            if len(local) == count and isinstance(requests, list):
+                items = requests  # all local (the usual case): no copy
+            else:
+                items = [requests[i] for i in local]
+            await self._fill(replies, local, items, vshards)
         elif local:
             waits.append(
-                asyncio.ensure_future(self._fill(replies, local, [requests[i] for i in local]))
+                asyncio.ensure_future(
+                    self._fill(replies, local, [requests[i] for i in local], vshards)
+                )
             )
         if forwards:
             waits.append(asyncio.ensure_future(self._fill_forwarded(replies, forwards)))
@@ -382,7 +464,7 @@ class ShardOwner:
             self._route_map = new_map
         if self._map is not None and new_map.version <= self._map.version:
             return True
-        future: asyncio.Future[list[OwnerReply]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[OwnerReply]] = self._loop.create_future()
         self._push(_Job("remap", future=future, new_map=new_map))
         await future
         return set(self._epochs) == set(new_map.vshards_of(self._name))
@@ -420,9 +502,17 @@ class ShardOwner:
         current: ShardMap,
         index: int,
         local: list[int],
+        vshards: list[int],
         forwards: list[tuple[int, Forwarded]],
         joins: list[tuple[int, Forwarded]],
     ) -> OwnerReply | None:
+        """Reply at once (refused, not owner), or add ``index`` to ``local`` (with its vshard to
+        ``vshards``), ``forwards`` (the account is held elsewhere) or ``joins``.
+
+        A known subscriber's vshard is read from its record (the record's ``vshard`` is the
+        routing key's, set when it was provisioned): the key is hashed only for a subscriber
+        not held here and for provisioning.
+        """
         if not isinstance(request, _REQUEST_TYPES):
             return Rejected(
                 INVALID_ARGUMENT, "requests", f"not an owner request: {type(request).__name__}"
@@ -430,37 +520,49 @@ class ShardOwner:
         key = request.routing_key
         if not isinstance(key, str) or not key:
             return Rejected(INVALID_ARGUMENT, "subscriber_id", "must be a non-empty string")
+        if not isinstance(request, ProvisionRequest):
+            subscriber = self._state.subscribers.get(key)
+            if subscriber is None:
+                vshard = vshard_of(key, current.vshard_count)
+            else:
+                vshard = subscriber.vshard
+            if vshard not in self._epochs:
+                return NotOwner(vshard, self._map_version())
+            if subscriber is not None and subscriber.account_vshard not in self._epochs:
+                forwards.append((index, Forwarded(request, subscriber, self._map_version())))
+                return None
+            local.append(index)
+            vshards.append(vshard)
+            return None
         vshard = vshard_of(key, current.vshard_count)
         if vshard not in self._epochs:
             return NotOwner(vshard, self._map_version())
-        if isinstance(request, ProvisionRequest):
-            account = request.account_id
-            if account and account != key:
-                account_vshard = vshard_of(account, current.vshard_count)
-                if account_vshard not in self._epochs:
-                    member = Subscriber(
-                        subscriber_id=key,
-                        vshard=vshard,
-                        account_id=account,
-                        account_vshard=account_vshard,
-                        plan_id=request.plan_id,
-                        created_at=_utcnow(),
-                    )
-                    joins.append((index, Forwarded(request, member, self._map_version())))
-                    return None
-            local.append(index)
-            return None
-        subscriber = self._state.subscribers.get(key)
-        if subscriber is not None and subscriber.account_vshard not in self._epochs:
-            forwards.append((index, Forwarded(request, subscriber, self._map_version())))
-            return None
+        account = request.account_id
+        if account and account != key:
+            account_vshard = vshard_of(account, current.vshard_count)
+            if account_vshard not in self._epochs:
+                member = Subscriber(
+                    subscriber_id=key,
+                    vshard=vshard,
+                    account_id=account,
+                    account_vshard=account_vshard,
+                    plan_id=request.plan_id,
+                    created_at=_utcnow(),
+                )
+                joins.append((index, Forwarded(request, member, self._map_version())))
+                return None
         local.append(index)
+        vshards.append(vshard)
         return None
 
     async def _fill(
-        self, replies: list[OwnerReply | None], where: list[int], items: list[Any]
+        self,
+        replies: list[OwnerReply | None],
+        where: list[int],
+        items: list[Any],
+        vshards: list[int] | None = None,
     ) -> None:
-        for index, reply in zip(where, await self._enqueue(items), strict=True):
+        for index, reply in zip(where, await self._enqueue(items, vshards), strict=True):
             replies[index] = reply
 
     async def _fill_forwarded(
@@ -562,15 +664,17 @@ class ShardOwner:
         why = f": {self._last_error}" if self._last_error else ""
         return f"owner {self._name} is loading its vshards{why}"
 
-    async def _enqueue(self, items: list[Item]) -> list[OwnerReply]:
+    async def _enqueue(
+        self, items: list[Item], vshards: list[int] | None = None
+    ) -> list[OwnerReply]:
         if self._closing:
             return [Unavailable("owner shutting down")] * len(items)
         if self._queued + len(items) > self._config.queue_max:
             busy = f"owner {self._name} is busy ({self._queued} requests queued)"
             return [Unavailable(busy)] * len(items)
-        future: asyncio.Future[list[OwnerReply]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[OwnerReply]] = self._loop.create_future()
         span = tracing.current_span() if tracing.enabled() else None
-        self._push(_Job("requests", items=items, future=future, span=span))
+        self._push(_Job("requests", items, future, None, span, vshards))
         return await future
 
     def _push(self, job: _Job) -> None:
@@ -715,7 +819,7 @@ class ShardOwner:
         flight = Flight(jobs, results, changes, keys)
         self._busy |= keys
         self._flights.append(flight)
-        flight.task = asyncio.get_running_loop().create_task(self._fly(flight))
+        flight.task = self._loop.create_task(self._fly(flight))
 
     async def _fly(self, flight: Flight) -> None:
         """Commit one batch; on success answer its callers. On a failure they get Unavailable
@@ -868,7 +972,8 @@ class ShardOwner:
         failed: str | None = None
         for job in jobs:
             replies: list[OwnerReply] = []
-            for item in job.items:
+            vshards: Iterable[int | None] = job.vshards or itertools.repeat(None)
+            for item, vshard in zip(job.items, vshards, strict=False):
                 if failed is not None:
                     replies.append(Unavailable(failed))
                     continue
@@ -878,7 +983,7 @@ class ShardOwner:
                         replies.append(Rejected(FAILED_PRECONDITION, "idempotency_key", gone[key]))
                         continue
                 try:
-                    replies.append(apply_one(step, item))
+                    replies.append(apply_one(step, item, vshard))
                 except InternalError as exc:
                     failed = f"request failed inside the owner, batch dropped: {exc}"
                     log.error("%s: %s", self._name, failed)

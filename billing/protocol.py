@@ -128,6 +128,7 @@ class Units:
         )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class UsedUnits:
     """Consumption reported since the last report, for one service entry."""
@@ -139,6 +140,7 @@ class UsedUnits:
     tariff_change_usage: TariffChangeUsage = TariffChangeUsage.INDETERMINATE
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ServiceUsage:
     """One multiple-services credit-control (MSCC) entry of a request."""
@@ -151,6 +153,7 @@ class ServiceUsage:
     used: tuple[UsedUnits, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CreditControlRequest:
     """A credit-control request: session id + request number identify it globally."""
