@@ -204,6 +204,36 @@ class Table:
             sql += f" ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {updates}"
         return sql
 
+    def update_sql(self) -> str:
+        """``UPDATE ... FROM`` the batch: every row of :meth:`batch_json` whose key exists is
+        rewritten (all non-key columns, as :meth:`insert_sql`'s upsert does).
+
+        ``billing_commit`` (migration 0004) updates accounts and buckets this way first: an
+        upsert of an existing row costs a speculative index probe, a tuple lock (its own WAL
+        record) and then the update; a plain UPDATE is the index probe and the (HOT) update.
+        The rows it did not find are then written by :meth:`insert_missing_sql`.
+        """
+        names = self.column_names
+        selects = ", ".join(_select_expr(i, t) for i, (_, t) in enumerate(self.columns))
+        updates = ", ".join(f"{c} = x.{c}" for c in names if c not in self.key)
+        match = " AND ".join(f"t.{c} = x.{c}" for c in self.key)
+        return (
+            f"UPDATE {self.name} AS t SET {updates} FROM (SELECT {selects} "
+            f"FROM jsonb_array_elements(%s::jsonb) AS r) AS x ({', '.join(names)}) WHERE {match}"
+        )
+
+    def insert_missing_sql(self) -> str:
+        """:meth:`insert_sql`'s upsert of the batch's rows whose key is not in the table yet
+        (after :meth:`update_sql`; a row a concurrent commit inserted meanwhile is upserted)."""
+        index = {c: i for i, (c, _) in enumerate(self.columns)}
+        match = " AND ".join(
+            f"t.{c} = {_select_expr(index[c], dict(self.columns)[c])}" for c in self.key
+        )
+        upsert = self.insert_sql(upsert=True)
+        source = " FROM jsonb_array_elements(%s::jsonb) AS r"
+        missing = f"{source} WHERE NOT EXISTS (SELECT 1 FROM {self.name} AS t WHERE {match})"
+        return upsert.replace(source, missing, 1)
+
     def select_sql(self) -> str:
         """Rows of some vshards; jsonb columns come back as text (decoded only when needed)."""
         cols = ", ".join(f"{c}::text" if t == "jsonb" else c for c, t in self.columns)

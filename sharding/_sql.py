@@ -41,7 +41,7 @@ SQL_END_SESSIONS = (
     b"DELETE FROM sessions s USING jsonb_array_elements(%s::jsonb) AS d"
     b" WHERE s.vshard = (d->>0)::integer AND s.session_id = d->>1"
 )
-# The whole plain-PostgreSQL group commit as one statement (migration 0003): the fence, then the
+# The whole plain-PostgreSQL group commit as one statement (migrations 0003, 0004): the fence, then the
 # writes; the batches in the order of COMMIT_ARGS (None: nothing of that kind). Prepared once per
 # writer connection (protocol-level Parse) under COMMIT_STATEMENT; every argument travels as text.
 COMMIT_STATEMENT = b"billing_commit_q"
@@ -49,10 +49,19 @@ SQL_COMMIT = (
     b"SELECT billing_commit($1::integer[], $2::bigint[], $3::jsonb, $4::jsonb, $5::jsonb,"
     b" $6::jsonb, $7::jsonb, $8::jsonb, $9::jsonb)"
 )
+# Each answer travels as its own compact JSON text (a JSON string in the batch) and is stored as
+# is: the server unescapes a string instead of parsing an object into jsonb and printing it back.
 SQL_ANSWERS = (
     b"INSERT INTO answers (vshard, idempotency_key, kind, answer)"
-    b" SELECT (r->>0)::integer, r->>1, r->>2, (r->3)::text FROM jsonb_array_elements(%s::jsonb) AS r"
+    b" SELECT (r->>0)::integer, r->>1, r->>2, r->>3 FROM jsonb_array_elements(%s::jsonb) AS r"
 )
+# billing_commit (migration 0004) writes accounts and buckets as an UPDATE of the existing rows,
+# then an upsert of the rows it did not find (sharding._rows.Table.update_sql); the Citus path
+# keeps the plain upserts above.
+SQL_ACCOUNTS_UPDATE = ACCOUNTS.update_sql().encode()
+SQL_ACCOUNTS_MISSING = ACCOUNTS.insert_missing_sql().encode()
+SQL_BUCKETS_UPDATE = BUCKETS.update_sql().encode()
+SQL_BUCKETS_MISSING = BUCKETS.insert_missing_sql().encode()
 COMMIT_ARGS = (
     SQL_JOURNAL,
     SQL_SUBSCRIBERS,

@@ -6,8 +6,9 @@ for its vshards (bumping each vshard's epoch, which fences out any previous owne
 epochs it was given. A commit is ONE transaction: the epoch of every vshard it touches is checked
 (under a lock a takeover must wait for), then the journal, upserts, deletes and answers are
 written, each as one statement for the whole batch. On plain PostgreSQL the whole commit is ONE
-statement, ``billing_commit()`` (migration 0003), sent on a connection the store holds for
-commits; several commits may run at once (``writers``), each on its own connection. A stale
+statement, ``billing_commit()`` (migrations 0003, 0004), sent on a connection the store holds
+for commits (over the server's unix socket when it is local, its statements planned once);
+several commits may run at once (``writers``), each on its own connection. A stale
 epoch raises :class:`NotOwner` and writes nothing; any other failure raises
 :class:`StoreUnavailable` and nothing is acknowledged (DESIGN.md invariants 2, 3, 5). Only after ``commit`` returns may the
 owner send the batch's answers.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import weakref
 from collections import deque
@@ -31,10 +33,12 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
 from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from billing.protocol import BalanceResult, CreditControlAnswer
 from billing.state import Bucket, Changes, ShardState
 from sharding import _sql as q
+from sharding._codec import dumps
 from sharding._rows import (
     ACCOUNTS,
     BUCKETS,
@@ -58,11 +62,16 @@ __all__ = [
 ]
 
 _MIGRATION_LOCK = 0x62696C6C  # pg_advisory_xact_lock key: "bill"
-_FENCE_SQLSTATE = "BF001"  # raised by billing_fence() (0002) and billing_commit() (0003)
+_FENCE_SQLSTATE = "BF001"  # raised by billing_fence() (0002) and billing_commit() (0003, 0004)
 _COMMIT_LOCK = 0x62696C6C  # advisory lock (key, vshard): a vshard's commits vs its takeover
 _CONNECT_TIMEOUT_S = 5
 _RECONNECT_TIMEOUT_S = 5.0
 _CHECK_IDLE_S = 1.0  # probe a pooled connection before use if idle longer than this
+# Writer connections run only billing_commit. Its statements are planned once per connection
+# (generic plans, written to stay index scans); by default PL/pgSQL planned several of them
+# afresh on every call: ~100 µs of a one-request commit's ~300 µs of server CPU.
+_WRITER_OPTIONS = "-c TimeZone=UTC -c plan_cache_mode=force_generic_plan"
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class StoreError(Exception):
@@ -170,6 +179,9 @@ class Store:
         self._idle_writers: list[tuple[psycopg.AsyncConnection[Any], float]] = []
         self._writer_slots = asyncio.Semaphore(writers)
         self._closed = False
+        # The DSN writers connect with: the server's unix socket when it is this machine's
+        # (found by open()), else ``dsn``.
+        self._writer_dsn = dsn
         self.answer_horizon = answer_horizon
         self.max_commit_rows = max_commit_rows
         self._citus = False
@@ -210,6 +222,8 @@ class Store:
             async with self._pool.connection() as conn:
                 cur = await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'")
                 self._citus = await cur.fetchone() is not None
+                if not self._citus:
+                    self._writer_dsn = await _local_socket_dsn(self.dsn, conn) or self.dsn
 
     async def close(self) -> None:
         self._closed = True
@@ -417,7 +431,7 @@ class Store:
                     for sql, batch in writes:
                         await conn.execute(sql, (batch,))
             return
-        # Plain PostgreSQL: ONE statement, billing_commit() (migration 0003), on a held
+        # Plain PostgreSQL: ONE statement, billing_commit() (migrations 0003, 0004), on a held
         # autocommit connection: its own transaction, the fence first, then the writes; one
         # round trip and one prepared statement instead of a pipeline of nine.
         by_sql = dict(writes)
@@ -470,9 +484,9 @@ class Store:
             raise StoreUnavailable("the store is closed; nothing was written")
         conn = await asyncio.wait_for(
             psycopg.AsyncConnection.connect(
-                self.dsn,
+                self._writer_dsn,
                 autocommit=True,
-                options="-c TimeZone=UTC",
+                options=_WRITER_OPTIONS,
                 connect_timeout=_CONNECT_TIMEOUT_S,
             ),
             self._timeout_s,
@@ -648,6 +662,51 @@ class Store:
             return problems
 
 
+async def _local_socket_dsn(dsn: str, conn: psycopg.AsyncConnection[Any]) -> str | None:
+    """``dsn`` pointed at the server's unix-domain socket, when ``dsn`` reaches it over TCP on
+    this machine (a loopback address) and the socket answers as the same server (same port,
+    same postmaster start time); else None.
+
+    A commit's round trip over a unix socket skips the TCP/IP stack on both sides (measured: ~8%
+    of the server's CPU for a one-request commit, and client CPU too). The embedded server
+    (sharding.pgserver) listens on both. Any failure to find or verify the socket keeps TCP.
+    """
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return None
+    host = str(params.get("host") or "")
+    if host not in _LOOPBACK or params.get("hostaddr"):
+        return None
+    try:
+        cur = await conn.execute(
+            "SELECT current_setting('unix_socket_directories'), current_setting('port'),"
+            " pg_postmaster_start_time()"
+        )
+        row = await cur.fetchone()
+    except psycopg.Error:
+        return None
+    if row is None:
+        return None
+    directories, port, started = row
+    for directory in str(directories).split(","):
+        directory = directory.strip()
+        if not directory.startswith("/") or not os.path.exists(f"{directory}/.s.PGSQL.{port}"):
+            continue
+        local = make_conninfo(dsn, host=directory, port=str(port))
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                local, connect_timeout=_CONNECT_TIMEOUT_S, autocommit=True
+            ) as probe:
+                cur = await probe.execute("SELECT pg_postmaster_start_time()")
+                same = await cur.fetchone()
+        except (psycopg.Error, OSError):
+            continue
+        if same is not None and same[0] == started:
+            return local
+    return None
+
+
 def _consumption_key(bucket: Bucket) -> tuple[int, bool, datetime | None, str]:
     """Lowest priority first, then earliest expiry (none last), then id."""
     expiry = bucket.expires_at
@@ -673,11 +732,13 @@ def encode_writes(changes: Changes) -> list[tuple[bytes, str]]:
         ended = [[v, sid] for sid, v in changes.ended_sessions.items()]
         writes.append((q.SQL_END_SESSIONS, batch_json(ended)))
     if changes.answers or changes.balance_results:
-        answers: list[tuple[int, str, str, dict[str, Any]]] = [
-            (v, key, "cc", answer_data(answer)) for key, (v, answer) in changes.answers.items()
+        # Each answer as its own JSON text, stored as sent (q.SQL_ANSWERS).
+        answers: list[tuple[int, str, str, str]] = [
+            (v, key, "cc", dumps(answer_data(answer)))
+            for key, (v, answer) in changes.answers.items()
         ]
         answers += [
-            (v, key, "balance", balance_result_data(result))
+            (v, key, "balance", dumps(balance_result_data(result)))
             for key, (v, result) in changes.balance_results.items()
         ]
         writes.append((q.SQL_ANSWERS, batch_json(answers)))

@@ -270,7 +270,13 @@ def test_encode_writes_sends_the_json_values_json_dumps_sent(c: Changes) -> None
     assert [sql for sql, _ in new] == [sql for sql, _ in old]
     for (sql, new_text), (_, old_text) in zip(new, old, strict=True):
         assert isinstance(new_text, str)
-        assert same(_parse(new_text), _parse(old_text)), sql
+        new_value = _parse(new_text)
+        if sql == q.SQL_ANSWERS:
+            # Since migration 0004 each answer travels as its own JSON text (stored as sent):
+            # that text must hold the JSON value the answer object held before.
+            assert all(isinstance(row[3], str) for row in new_value)
+            new_value = [[*row[:3], _parse(row[3])] for row in new_value]
+        assert same(new_value, _parse(old_text)), sql
 
 
 @SETTINGS

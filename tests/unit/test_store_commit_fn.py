@@ -1,14 +1,16 @@
-"""billing_commit() (migration 0003) writes exactly what the store's per-table SQL writes.
+"""billing_commit() (migrations 0003, 0004) writes exactly what the store's per-table SQL writes.
 
-The function's INSERTs are static text in the migration; the store generates the same
-statements from the table descriptions (sharding._rows) for the Citus path. A column added to a
-table without replacing the function would make the two paths write different rows: this test
-fails first.
+The function's writes are static text in the migration; the store generates the same
+statements from the table descriptions (sharding._rows): the INSERTs and upserts the Citus path
+sends, and (since 0004) the UPDATE + upsert-of-the-missing pair the function uses for accounts
+and buckets. A column added to a table without replacing the function would make the two paths
+write different rows: this test fails first.
 """
 
 from __future__ import annotations
 
 from sharding import _sql as q
+from sharding._rows import ACCOUNTS, BUCKETS
 
 _ARGS = {
     q.SQL_JOURNAL: "p_journal",
@@ -18,6 +20,13 @@ _ARGS = {
     q.SQL_SESSIONS: "p_sessions",
     q.SQL_END_SESSIONS: "p_ended",
     q.SQL_ANSWERS: "p_answers",
+}
+# What the function runs for each argument: accounts and buckets are UPDATEd, then the rows not
+# found are upserted (the Citus path's upsert, limited to them).
+_WRITES = {
+    **{sql: [sql] for sql in _ARGS},
+    q.SQL_ACCOUNTS: [q.SQL_ACCOUNTS_UPDATE, q.SQL_ACCOUNTS_MISSING],
+    q.SQL_BUCKETS: [q.SQL_BUCKETS_UPDATE, q.SQL_BUCKETS_MISSING],
 }
 
 
@@ -31,8 +40,30 @@ def _function_text() -> str:
 def test_every_write_of_the_commit_function_is_the_generated_statement() -> None:
     text = _function_text()
     for sql, arg in _ARGS.items():
-        statement = sql.decode().replace("%s::jsonb", arg)
-        assert statement + ";" in text, f"billing_commit does not write {arg} as the store does"
+        for write in _WRITES[sql]:
+            statement = write.decode().replace("%s::jsonb", arg)
+            assert statement + ";" in text, f"billing_commit does not write {arg} as the store does"
+
+
+def test_the_missing_rows_upsert_is_the_citus_paths_upsert() -> None:
+    """The fallback after the UPDATE writes the same columns and values as the plain upsert."""
+    for upsert, missing in (
+        (q.SQL_ACCOUNTS, q.SQL_ACCOUNTS_MISSING),
+        (q.SQL_BUCKETS, q.SQL_BUCKETS_MISSING),
+    ):
+        head, tail = upsert.split(b" FROM jsonb_array_elements(%s::jsonb) AS r")
+        assert missing.startswith(head) and missing.endswith(tail)
+        assert b" WHERE NOT EXISTS (SELECT 1 FROM " in missing
+
+
+def test_the_update_sets_every_non_key_column_from_the_batch() -> None:
+    for table, update in ((ACCOUNTS, q.SQL_ACCOUNTS_UPDATE), (BUCKETS, q.SQL_BUCKETS_UPDATE)):
+        text = update.decode()
+        for name in table.column_names:
+            if name in table.key:
+                assert f"t.{name} = x.{name}" in text
+            else:
+                assert f"{name} = x.{name}," in text or text.count(f"{name} = x.{name} FROM") == 1
 
 
 def test_commit_arguments_follow_the_function_signature() -> None:
