@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ def init_ray(
         return False
     quiet: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
     if address:
+        _check_reachable(address)
         _use_auth_token_if_available()
         try:
             ray.init(address=address, namespace=namespace, **quiet)
@@ -85,6 +87,27 @@ def init_ray(
         **quiet,
     )
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, naming the address, when nothing listens at a ``host:port`` address.
+
+    ``ray.init`` keeps retrying an unreachable GCS for about five minutes before it gives up;
+    an operator who mistyped ``--address`` should hear about it at once. ``auto`` and other
+    forms without a port are left to Ray.
+    """
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as error:
+        raise StartupError(
+            f"cannot join the Ray cluster at {address!r}: nothing answers at {host}:{port}"
+            f" ({error}). Start one (billing serve, or ray start --head) or check --address."
+        ) from None
 
 
 def _use_auth_token_if_available() -> None:
@@ -189,24 +212,29 @@ async def start_frontdoor(
     namespace: str = NAMESPACE,
     transport: str = TRANSPORT_DEFAULT,
     max_in_flight: int = MAX_IN_FLIGHT_FRONTDOOR,
+    batch_hold_s: float | None = None,
 ) -> FrontDoor:
     """A started front door on ``host:port`` (0 = any free port) against the running cluster.
 
     ``transport``: how charging batches reach the owners, ``"direct"`` (each owner's channel,
     actors/channel.py) or ``"ray"`` (a Ray actor call per batch). ``max_in_flight``: batches in
-    flight per owner (cluster/batching.py).
+    flight per owner (cluster/batching.py). ``batch_hold_s``: how long a batch may wait for more
+    requests while the front door's event loop is busy (flush on idle, cluster/batching.py;
+    None = the batcher's default, 0 = off).
 
     Also raises this process's collector thresholds (actors/_gc.py, as the owners do): a front
     door allocates a future, a request and an answer per message over a large long-lived heap
     (Ray driver, gRPC, protobuf); with CPython's defaults the young collections took ~17 % of its
     CPU under streaming load (measured: 38 -> 31 µs per request in the front door).
     """
-    from cluster.batching import MAX_IN_FLIGHT_LIMIT
+    from cluster.batching import HOLD_S_LIMIT, MAX_IN_FLIGHT_LIMIT
 
     if not 1 <= max_in_flight <= MAX_IN_FLIGHT_LIMIT:  # fail before anything starts
         raise StartupError(
             f"max_in_flight must be in 1..{MAX_IN_FLIGHT_LIMIT}, got {max_in_flight}"
         )
+    if batch_hold_s is not None and not 0.0 <= batch_hold_s <= HOLD_S_LIMIT:
+        raise StartupError(f"batch_hold_s must be in 0..{HOLD_S_LIMIT} seconds, got {batch_hold_s}")
     try:
         owners = owner_directory(transport, namespace)
     except ValueError as error:
@@ -220,6 +248,8 @@ async def start_frontdoor(
         options["batch_max"] = batch_max
     if request_timeout_s is not None:
         options["request_timeout_s"] = request_timeout_s
+    if batch_hold_s is not None:
+        options["hold_s"] = batch_hold_s
     dispatcher = Dispatcher(maps, owners, telemetry=telemetry, **options)
     door = FrontDoor(dispatcher, RayPlanService(maps), host=host, port=port, telemetry=telemetry)
     try:
