@@ -55,6 +55,7 @@ from actors import tracing
 from actors._apply import InternalError, JoinRemote, Step, apply_one
 from actors._flights import Flight, changes_keys, item_keys, take_independent
 from actors._gc import freeze_loaded, tune_gc
+from actors._warm import WarmSet
 from actors.channel import ChannelServer, Endpoint
 from actors.compact import Directory
 from actors.messages import (
@@ -124,6 +125,10 @@ class OwnerConfig:
     # Group commits in flight at once, each on a connection of its own (actors/_flights.py):
     # a batch independent of the commits in flight is applied and committed without waiting.
     commits_in_flight: int = 2
+    # Subscribers kept hot after their commit instead of packed at once (actors/_warm.py): at
+    # most this many (~1 KB each over a packed record), packed once untouched for warm_idle_s.
+    warm_max: int = 20_000
+    warm_idle_s: float = 10.0
     manager_name: str = MANAGER_NAME
     namespace: str = NAMESPACE
 
@@ -139,6 +144,8 @@ class OwnerConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warm_max < 0:
+            raise ValueError(f"warm_max must be >= 0, got {self.warm_max}")
         for name in (
             "ready_wait_s",
             "forward_timeout_s",
@@ -146,6 +153,7 @@ class OwnerConfig:
             "answer_retention_s",
             "answer_db_retention_s",
             "answer_db_prune_interval_s",
+            "warm_idle_s",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -282,6 +290,7 @@ class ShardOwner:
         )
         self._store_open = False
         self._directory = Directory()
+        self._warm = WarmSet(config.warm_max, config.warm_idle_s)  # hot after commit (_warm.py)
         self._state = self._directory.new_state()
         self._guests: set[str] = set()
         self._catalog: Catalog = builtin_catalog()
@@ -826,12 +835,11 @@ class ShardOwner:
         (or NotOwner) at once, and the writer forgets the batch's effects once every commit in
         flight has settled (:meth:`_settle_failures`)."""
         changes = flight.changes
-        touched = [*changes.subscribers, *changes.accounts]
         try:
             flight.error = await self._store_commit(changes, flight.jobs)
             if flight.error is None:
                 self._commits += 1
-                self._directory.freeze(touched, keep=self._guests)  # committed and idle: pack
+                self._committed(changes)
                 for job, replies in zip(flight.jobs, flight.results, strict=True):
                     self._resolve(job, replies)
         except BaseException:  # cancelled (shutdown): nothing acknowledged
@@ -1097,6 +1105,22 @@ class ShardOwner:
             del changes.subscribers[sid]
         return changes
 
+    def _committed(self, changes: Changes) -> None:
+        """``changes`` were just committed: pack what they provisioned (no reason to expect it
+        back soon: bulk provisioning stays packed), keep the accounts they charged hot (warm,
+        actors/_warm.py), packing the least recently committed past ``warm_max`` (never a key
+        of a commit still in flight: ``_busy``)."""
+        directory, guests = self._directory, self._guests
+        created = changes.subscribers
+        if created:
+            directory.freeze(list(created), keep=guests)
+            charged: Iterable[str] = [a for a in changes.accounts if a not in created]
+        else:
+            charged = changes.accounts
+        cold = self._warm.committed(charged, time.monotonic(), self._busy)
+        if cold:
+            directory.freeze(cold, keep=guests)
+
     async def _store_commit(
         self, changes: Changes, jobs: Sequence[_Job] = ()
     ) -> _CommitError | None:
@@ -1132,13 +1156,12 @@ class ShardOwner:
         changes = self._changes_to_commit()
         if changes.is_empty():
             return None
-        touched = [*changes.subscribers, *changes.accounts]
         error = await self._store_commit(changes)
         if error is not None:
             self._discard(changes, error.message, lost=error.lost_vshard)
             return error
         self._commits += 1
-        self._directory.freeze(touched, keep=self._guests)  # committed and idle: pack them
+        self._committed(changes)
         return None
 
     async def _sweep(self) -> None:
@@ -1147,7 +1170,10 @@ class ShardOwner:
         release_orphans(self._state, now=now)
         prune_answers(self._state, now - timedelta(seconds=self._config.answer_retention_s))
         if await self._commit() is None and not self._needs_load and not self._reload_vshards:
-            self._directory.freeze_all(keep=self._guests)
+            # Pack what no commit touched for warm_idle_s, and what was made hot otherwise
+            # (read, refused, reservation released): every hot subscriber not warm.
+            self._directory.freeze(self._warm.idle(time.monotonic(), self._busy), keep=self._guests)
+            self._directory.freeze_all(keep=self._guests.union(self._warm.keys()))
         await self._prune_stored_answers(time.monotonic())
 
     async def _prune_stored_answers(self, monotonic_s: float) -> None:
@@ -1205,6 +1231,7 @@ class ShardOwner:
         await self._load_into(state, directory, mine)
         catalog = await self._load_catalog()
         self._state, self._directory, self._epochs, self._guests = state, directory, epochs, set()
+        self._warm.clear()
         self._reload_vshards = set()
         self._recheck_map = False
         self._map = current
