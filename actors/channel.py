@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -62,6 +63,9 @@ _ERROR_TEXT_MAX = 2000
 
 Handler = Callable[[list[Any]], Awaitable[Sequence[Any]]]
 TracedHandler = Callable[[list[Any], Mapping[str, str]], Awaitable[Sequence[Any]]]
+# Takes the call at once when it can: the future of its reply list (no task, no coroutine per
+# call), or None to run ``Handler`` instead (see ChannelServer).
+FastHandler = Callable[[list[Any]], "asyncio.Future[list[Any]] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +190,7 @@ class ChannelServer:
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S_DEFAULT,
         secret: bytes | None = None,
         traced: TracedHandler | None = None,
+        fast: FastHandler | None = None,
     ) -> None:
         if frame_max < 1 or calls_max < 1 or connections_max < 1:
             raise ValueError("frame_max, calls_max and connections_max must be >= 1")
@@ -193,6 +198,7 @@ class ChannelServer:
             raise ValueError(f"handshake_timeout_s must be > 0, got {handshake_timeout_s}")
         self._handler = handler
         self._traced = traced  # a TRACED_CALL's handler (else ``handler``, headers ignored)
+        self._fast = fast  # tried first for an untraced CALL; None from it: ``handler``
         self._host = host
         self._port = port
         self._frame_max = frame_max
@@ -203,6 +209,7 @@ class ChannelServer:
         self._server: asyncio.Server | None = None
         self._starting: asyncio.Future[Endpoint] | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._draining: set[asyncio.Future[None]] = set()  # replies waiting for a full buffer
         self._closed = False
         self.refused = 0  # connections dropped for a failed handshake or a bad frame
 
@@ -304,9 +311,88 @@ class ChannelServer:
             if type(requests) is not list:
                 self._refuse(peer, f"call {call_id} is a {type(requests).__name__}, not a list")
                 return
+            if headers is None and self._fast is not None:
+                try:
+                    future = self._fast(requests)
+                except Exception as error:  # nothing was queued; the caller learns it failed
+                    self._write_reply(writer, call_id, slots, None, error)
+                    continue
+                if future is not None:  # the usual call: answered from a done callback
+                    future.add_done_callback(
+                        functools.partial(self._answer, writer, call_id, slots)
+                    )
+                    continue
             task = loop.create_task(self._call(writer, call_id, requests, slots, headers))
             running.add(task)
             task.add_done_callback(running.discard)
+
+    def _answer(
+        self,
+        writer: asyncio.StreamWriter,
+        call_id: int,
+        slots: asyncio.Semaphore,
+        done: asyncio.Future[list[Any]],
+    ) -> None:
+        """Write the reply of a call taken by the fast handler, once its future is done."""
+        if done.cancelled():
+            self._write_reply(writer, call_id, slots, None, ChannelError("call cancelled"))
+        elif (error := done.exception()) is not None:
+            self._write_reply(writer, call_id, slots, None, error)
+        else:
+            self._write_reply(writer, call_id, slots, done.result(), None)
+
+    def _write_reply(
+        self,
+        writer: asyncio.StreamWriter,
+        call_id: int,
+        slots: asyncio.Semaphore,
+        replies: Sequence[Any] | None,
+        error: BaseException | None,
+    ) -> None:
+        """Write a REPLY (or FAILED) frame without a task; the call's slot is released once
+        the transport has taken it (at once unless its buffer is over the high-water mark:
+        then after a drain, as :meth:`_call` does)."""
+        frame = self._frame(call_id, replies, error)
+        transport = writer.transport
+        if transport.is_closing():
+            slots.release()  # the front door left: the reply is dropped (it retries with the key)
+            return
+        try:
+            writer.write(frame)
+        except ConnectionError:
+            slots.release()
+            return
+        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+            slots.release()
+            return
+        task = asyncio.ensure_future(self._drained(writer, slots))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _drained(self, writer: asyncio.StreamWriter, slots: asyncio.Semaphore) -> None:
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            slots.release()
+
+    def _frame(
+        self, call_id: int, replies: Sequence[Any] | None, error: BaseException | None
+    ) -> bytes:
+        """The REPLY frame of ``replies``, or a FAILED frame when the call raised ``error`` (or
+        its reply cannot be sent): the caller then learns the outcome is unknown."""
+        if error is None and replies is not None:
+            try:
+                body = pickle.dumps(replies if type(replies) is list else list(replies), protocol=5)
+                if len(body) > self._frame_max:
+                    raise FrameError(f"reply of {len(body)} bytes is over {self._frame_max}")
+                return encode_frame(REPLY, call_id, body)
+            except Exception as failed:
+                error = failed
+        log.warning("owner channel: call %d failed: %r", call_id, error)
+        text = f"{type(error).__name__}: {error}"[:_ERROR_TEXT_MAX]
+        return encode_frame(FAILED, call_id, text.encode())
 
     async def _call(
         self,
@@ -322,14 +408,9 @@ class ChannelServer:
                     replies = await self._traced(requests, headers)
                 else:
                     replies = await self._handler(requests)
-                body = pickle.dumps(replies if type(replies) is list else list(replies), protocol=5)
-                if len(body) > self._frame_max:
-                    raise FrameError(f"reply of {len(body)} bytes is over {self._frame_max}")
-                frame = encode_frame(REPLY, call_id, body)
+                frame = self._frame(call_id, replies, None)
             except Exception as error:  # the caller learns the outcome is unknown
-                log.warning("owner channel: call %d failed: %r", call_id, error)
-                text = f"{type(error).__name__}: {error}"[:_ERROR_TEXT_MAX]
-                frame = encode_frame(FAILED, call_id, text.encode())
+                frame = self._frame(call_id, None, error)
             if writer.transport.is_closing():
                 return  # the front door left: the reply is dropped (it retries with the key)
             writer.write(frame)

@@ -321,7 +321,9 @@ class ShardOwner:
         # Charging batches from front doors also arrive directly (actors/channel.py): same submit.
         host: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         submit = _unwrapped(self, "submit")  # without Ray's wrapper, see _bypass_ray_wrappers
-        self._channel = ChannelServer(submit, host=host, traced=self._submit_traced)
+        self._channel = ChannelServer(
+            submit, host=host, traced=self._submit_traced, fast=self._submit_now
+        )
         self._channel.start_soon()
 
     # -- public methods (Ray calls) ---------------------------------------------------------
@@ -404,6 +406,39 @@ class ShardOwner:
             await asyncio.gather(*waits)
         # One C pickle of the whole reply list instead of Ray's cloudpickle walk per reply.
         return PickledBatch(r if r is not None else Unavailable("no reply; retry") for r in replies)
+
+    def _submit_now(self, requests: list[Any]) -> asyncio.Future[list[OwnerReply]] | None:
+        """The usual channel call taken without a task: the owner is ready and every request is
+        local, so the call is one job whose future resolves to the reply list, in order (after
+        its commit, like :meth:`submit`'s). None when anything else applies (not ready, a
+        refusal, a forward, a join, a bound reached): the channel then runs :meth:`submit`,
+        which classifies again (classification changes nothing) and answers all of it.
+        """
+        count = len(requests)
+        if (
+            not count
+            or count > self._config.submit_max
+            or self._queued + count > self._config.queue_max
+            or self._closing
+            or not self._ready.is_set()
+        ):
+            return None
+        current = self._map
+        assert current is not None
+        local: list[int] = []
+        vshards: list[int] = []
+        forwards: list[tuple[int, Forwarded]] = []
+        joins: list[tuple[int, Forwarded]] = []
+        classify = self._classify
+        for index, request in enumerate(requests):
+            if classify(request, current, index, local, vshards, forwards, joins) is not None:
+                return None
+        if forwards or joins:
+            return None
+        future: asyncio.Future[list[OwnerReply]] = self._loop.create_future()
+        span = tracing.current_span() if tracing.enabled() else None
+        self._push(_Job("requests", requests, future, None, span, vshards))
+        return future
 
     async def _submit_traced(
         self, requests: Sequence[OwnerRequest], headers: Mapping[str, str]

@@ -419,3 +419,112 @@ def test_calls_in_progress_and_connections_are_bounded(caplog: pytest.LogCapture
     with caplog.at_level(logging.WARNING, logger="actors.channel"):
         run(scenario)
     assert "connections already open" in caplog.text
+
+
+class FastRecorder:
+    """A fast handler: takes calls whose first request is not "slow" (the future is resolved
+    when the test releases it), declines the others (None: the ordinary handler runs them)."""
+
+    def __init__(self) -> None:
+        self.taken: list[tuple[list[Any], asyncio.Future[list[Any]]]] = []
+        self.declined: list[list[Any]] = []
+        self.raise_on: str | None = None
+
+    def __call__(self, requests: list[Any]) -> asyncio.Future[list[Any]] | None:
+        if requests and requests[0] == self.raise_on:
+            raise RuntimeError("classification bug")
+        if requests and requests[0] == "slow":
+            self.declined.append(requests)
+            return None
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.taken.append((requests, future))
+        return future
+
+
+def test_a_fast_call_is_answered_when_its_future_resolves_and_declined_ones_run_the_handler() -> (
+    None
+):
+    async def scenario() -> None:
+        handler, fast = Recorder(), FastRecorder()
+        server = ChannelServer(handler, host="127.0.0.1", fast=fast)
+        connection = await ChannelConnection.open(await server.start(), timeout_s=5)
+        try:
+            first = asyncio.ensure_future(connection.call(["a", 1], timeout_s=5))
+            declined = await connection.call(["slow"], timeout_s=5)
+            assert declined == [("ok", "slow")] and handler.calls == [["slow"]]
+            while not fast.taken:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            assert not first.done()  # no reply before the future (the commit) resolves
+            requests, future = fast.taken[0]
+            assert requests == ["a", 1]
+            future.set_result([("fast", r) for r in requests])
+            assert await first == [("fast", "a"), ("fast", 1)]
+            second = asyncio.ensure_future(connection.call(["b"], timeout_s=5))
+            while len(fast.taken) < 2:
+                await asyncio.sleep(0.01)
+            fast.taken[1][1].set_exception(RuntimeError("commit failed"))
+            with pytest.raises(CallFailed, match="commit failed"):
+                await second
+            third = asyncio.ensure_future(connection.call(["c"], timeout_s=5))
+            while len(fast.taken) < 3:
+                await asyncio.sleep(0.01)
+            fast.taken[2][1].cancel()
+            with pytest.raises(CallFailed, match="cancelled"):
+                await third
+            fast.raise_on = "d"
+            with pytest.raises(CallFailed, match="classification bug"):
+                await connection.call(["d"], timeout_s=5)
+            assert handler.calls == [["slow"]]  # what the fast handler took never ran twice
+            assert await connection.call(["slow", 2], timeout_s=5) == [("ok", "slow"), ("ok", 2)]
+        finally:
+            await connection.close()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_traced_call_never_takes_the_fast_path() -> None:
+    async def scenario() -> None:
+        handler, fast = Recorder(), FastRecorder()
+        seen: list[dict[str, str]] = []
+
+        async def traced(requests: list[Any], headers: Any) -> Sequence[Any]:
+            seen.append(dict(headers))
+            return await handler(requests)
+
+        server = ChannelServer(handler, host="127.0.0.1", fast=fast, traced=traced)
+        connection = await ChannelConnection.open(await server.start(), timeout_s=5)
+        try:
+            trace = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+            assert await connection.call(["a"], timeout_s=5, trace=trace) == [("ok", "a")]
+            assert seen == [trace] and not fast.taken and not fast.declined
+        finally:
+            await connection.close()
+            await server.close()
+
+    run(scenario)
+
+
+def test_fast_calls_in_progress_are_bounded_too() -> None:
+    async def scenario() -> None:
+        handler, fast = Recorder(), FastRecorder()
+        server = ChannelServer(handler, host="127.0.0.1", fast=fast, calls_max=2)
+        connection = await ChannelConnection.open(await server.start(), timeout_s=5)
+        try:
+            calls = [asyncio.ensure_future(connection.call([i], timeout_s=10)) for i in range(3)]
+            while len(fast.taken) < 2:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            assert len(fast.taken) == 2  # the third waits unread until one is answered
+            fast.taken[0][1].set_result(["done0"])
+            while len(fast.taken) < 3:
+                await asyncio.sleep(0.01)
+            for requests, future in fast.taken[1:]:
+                future.set_result([f"done{requests[0]}"])
+            assert await asyncio.gather(*calls) == [["done0"], ["done1"], ["done2"]]
+        finally:
+            await connection.close()
+            await server.close()
+
+    run(scenario)
