@@ -1,31 +1,40 @@
 """One commit path against the other, in ONE process, alternating second by second.
 
 On a shared machine two separate runs of ``bench_commit.py`` differ by more than the change being
-measured; here both paths share the process, the server, the accounts and the noise:
+measured; here the paths share the process, the server, the accounts and the noise:
 
-- *pipeline* (the baseline: the group commit before migration 0003): a pool checkout, BEGIN,
+- *pipeline* (the group commit before migration 0003): a pool checkout, BEGIN,
   ``billing_fence()`` (lease rows ``FOR SHARE``), one INSERT/upsert per kind of row, COMMIT, sent
   as one psycopg async pipeline;
-- *statement* (``Store.commit`` now): ``billing_commit()`` as one prepared statement on a held
-  autocommit connection, run through libpq directly, fenced by advisory commit locks.
+- *0003* (the one-statement commit as migration 0003 landed it): ``billing_commit()`` of 0003,
+  created here under the name ``billing_commit_0003``, one prepared statement on a held
+  autocommit TCP connection with the default plan cache, answers sent as JSON objects;
+- *statement* (``Store.commit`` now): ``billing_commit()`` of migration 0004 on the store's
+  writer connection (generic plans, the server's unix socket when local), answers as text.
 
-Both write the same rows (one *entry*: a DEBIT journal line, the account's new balance, the stored
+All write the same rows (one *entry*: a DEBIT journal line, the account's new balance, the stored
 answer) encoded by the same code (``sharding.store.encode_writes``). Per batch size it prints
-entries per second, and the CPU per entry of this process (the committer) and of the server (the
-local postmaster and its children, from /proc); medians of ``--rounds`` alternations.
+entries per second, and the CPU per entry (and per commit) of this process (the committer) and
+of the server (the local postmaster and its children, from /proc); medians of ``--rounds``
+alternations, and each path's server CPU as a ratio of the first path's.
 
     .venv/bin/python benchmarks/bench_commit_paths.py [--dsn DSN] [--rounds 5] [--seconds 1]
+        [--batches 1,10,100,500] [--paths 0003,statement]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -35,7 +44,15 @@ from bench_commit import owner_accounts, owner_vshards, postmaster_pid, server_c
 from billing.state import Changes
 from sharding import _samples as sample
 from sharding import _sql as q
-from sharding.store import Store, _touched_vshards, encode_writes
+from sharding._rows import answer_data, balance_result_data, batch_json
+from sharding.store import (
+    Store,
+    _execute_prepared,
+    _int_array,
+    _results,
+    _touched_vshards,
+    encode_writes,
+)
 
 Commit = Callable[[Store, Changes, Mapping[int, int]], Awaitable[None]]
 
@@ -54,12 +71,64 @@ async def statement_commit(store: Store, changes: Changes, epochs: Mapping[int, 
     await store.commit(changes, epochs)
 
 
-PATHS: dict[str, Commit] = {"pipeline": pipeline_commit, "statement": statement_commit}
+_V0003_NAME = b"billing_commit_0003_q"
+_v0003_conn: list[psycopg.AsyncConnection[Any]] = []
 
 
-async def run(dsn: str, batches: list[int], rounds: int, seconds: float) -> None:
+async def create_v0003(dsn: str) -> None:
+    """billing_commit as migration 0003 defined it, as ``billing_commit_0003`` (the baseline)."""
+    text = dict(q.migrations())["0003_commit"]
+    body = text[text.index("CREATE FUNCTION billing_commit(") :].replace(
+        "CREATE FUNCTION billing_commit(", "CREATE OR REPLACE FUNCTION billing_commit_0003(", 1
+    )
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(body.encode())
+
+
+async def v0003_commit(store: Store, changes: Changes, epochs: Mapping[int, int]) -> None:
+    """``Store.commit`` as it was with migration 0003: TCP, the default plan cache, answers as
+    JSON objects inserted as ``(r->3)::text``."""
+    if not _v0003_conn:
+        conn = await psycopg.AsyncConnection.connect(
+            store.dsn, autocommit=True, options="-c TimeZone=UTC"
+        )
+        sql = q.SQL_COMMIT.replace(b"billing_commit(", b"billing_commit_0003(")
+        conn.pgconn.send_prepare(_V0003_NAME, sql)
+        await _results(conn)
+        _v0003_conn.append(conn)
+    touched = _touched_vshards(changes)
+    # The other rows as the store encodes them; the answers as 0003 took them (JSON objects).
+    by_sql = dict(encode_writes(dataclasses.replace(changes, answers={}, balance_results={})))
+    if changes.answers or changes.balance_results:
+        answers: list[tuple[int, str, str, dict[str, Any]]] = [
+            (v, key, "cc", answer_data(answer)) for key, (v, answer) in changes.answers.items()
+        ]
+        answers += [
+            (v, key, "balance", balance_result_data(result))
+            for key, (v, result) in changes.balance_results.items()
+        ]
+        by_sql[q.SQL_ANSWERS] = batch_json(answers)
+    params = (
+        _int_array(touched),
+        _int_array([epochs[v] for v in touched]),
+        *(by_sql.get(s) for s in q.COMMIT_ARGS),
+    )
+    await _execute_prepared(_v0003_conn[0], _V0003_NAME, params)
+
+
+PATHS: dict[str, Commit] = {
+    "pipeline": pipeline_commit,
+    "0003": v0003_commit,
+    "statement": statement_commit,
+}
+
+
+async def run(
+    dsn: str, batches: list[int], rounds: int, seconds: float, paths: dict[str, Commit]
+) -> None:
     async with Store(dsn, min_size=1, max_size=1, writers=1) as store:
         await store.migrate()
+        await create_v0003(dsn)
         epochs = await store.take_over(owner_vshards(0), "bench-paths")
         accounts = owner_accounts(0)
         await store.commit(sample.debit_batch(accounts, "setup"), epochs)
@@ -68,7 +137,7 @@ async def run(dsn: str, batches: list[int], rounds: int, seconds: float) -> None
         samples: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
         for _ in range(rounds):
             for batch in batches:
-                for name, commit in PATHS.items():
+                for name, commit in paths.items():
                     # The batches are built before the clock starts: only the commit is timed.
                     todo = []
                     for _ in range(max(3, int(seconds * 40_000 / batch))):
@@ -87,13 +156,30 @@ async def run(dsn: str, batches: list[int], rounds: int, seconds: float) -> None
                     samples.setdefault((batch, name), []).append(
                         (entries / elapsed, cpu / entries * 1e6, server / entries * 1e6)
                     )
-        print(f"{'batch':>6} {'path':>10} {'entries/s':>10} {'client µs':>10} {'server µs':>10}")
+        for conn in _v0003_conn:
+            await conn.close()
+        _v0003_conn.clear()
+        first = next(iter(paths))
+        print(
+            f"{'batch':>6} {'path':>10} {'entries/s':>10} {'client µs':>10} {'server µs':>10}"
+            f" {'client/commit':>14} {'server/commit':>14} {'server ratio':>13}"
+        )
         for batch in batches:
-            for name in PATHS:
+            base = statistics.median(x[2] for x in samples[(batch, first)])
+            for name in paths:
                 got = samples[(batch, name)]
                 rate, client, server = (statistics.median(x[i] for x in got) for i in range(3))
-                print(f"{batch:>6} {name:>10} {rate:>10,.0f} {client:>10.1f} {server:>10.1f}")
-        print("(CPU per entry; medians of", rounds, "alternations of", seconds, "s)")
+                print(
+                    f"{batch:>6} {name:>10} {rate:>10,.0f} {client:>10.1f} {server:>10.1f}"
+                    f" {client * batch:>14,.0f} {server * batch:>14,.0f} {server / base:>13.2f}"
+                )
+        print(
+            "(CPU µs per entry and per commit; medians of",
+            rounds,
+            "alternations of",
+            seconds,
+            f"s; ratio: server CPU against path {first!r})",
+        )
 
 
 def main() -> None:
@@ -101,11 +187,16 @@ def main() -> None:
     parser.add_argument("--dsn", help="an existing server (default: an embedded one, started here)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0)
-    parser.add_argument("--batches", default="1,10,100,1000")
+    parser.add_argument("--batches", default="1,10,100,500")
+    parser.add_argument("--paths", default="0003,statement", help=f"of {', '.join(PATHS)}")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    unknown = [p for p in args.paths.split(",") if p not in PATHS]
+    if unknown:
+        parser.error(f"unknown paths {unknown}: choose among {', '.join(PATHS)}")
+    paths = {p: PATHS[p] for p in args.paths.split(",")}
     with scratch_database(args.dsn, "bench_paths") as dsn:
-        asyncio.run(run(dsn, batches, args.rounds, args.seconds))
+        asyncio.run(run(dsn, batches, args.rounds, args.seconds, paths))
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ class Table:
         """``UPDATE ... FROM`` the batch: every row of :meth:`batch_json` whose key exists is
         rewritten (all non-key columns, as :meth:`insert_sql`'s upsert does).
 
-        ``billing_commit`` (migration 0004) updates accounts and buckets this way first: an
+        ``billing_commit`` (migration 0004) updates accounts this way first: an
         upsert of an existing row costs a speculative index probe, a tuple lock (its own WAL
         record) and then the update; a plain UPDATE is the index probe and the (HOT) update.
         The rows it did not find are then written by :meth:`insert_missing_sql`.

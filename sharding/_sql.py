@@ -55,13 +55,11 @@ SQL_ANSWERS = (
     b"INSERT INTO answers (vshard, idempotency_key, kind, answer)"
     b" SELECT (r->>0)::integer, r->>1, r->>2, r->>3 FROM jsonb_array_elements(%s::jsonb) AS r"
 )
-# billing_commit (migration 0004) writes accounts and buckets as an UPDATE of the existing rows,
-# then an upsert of the rows it did not find (sharding._rows.Table.update_sql); the Citus path
-# keeps the plain upserts above.
+# billing_commit (migration 0004) writes accounts as an UPDATE of the existing rows, then an
+# upsert of the rows it did not find (sharding._rows.Table.update_sql); the Citus path keeps the
+# plain upsert above.
 SQL_ACCOUNTS_UPDATE = ACCOUNTS.update_sql().encode()
 SQL_ACCOUNTS_MISSING = ACCOUNTS.insert_missing_sql().encode()
-SQL_BUCKETS_UPDATE = BUCKETS.update_sql().encode()
-SQL_BUCKETS_MISSING = BUCKETS.insert_missing_sql().encode()
 COMMIT_ARGS = (
     SQL_JOURNAL,
     SQL_SUBSCRIBERS,

@@ -68,9 +68,14 @@ _CONNECT_TIMEOUT_S = 5
 _RECONNECT_TIMEOUT_S = 5.0
 _CHECK_IDLE_S = 1.0  # probe a pooled connection before use if idle longer than this
 # Writer connections run only billing_commit. Its statements are planned once per connection
-# (generic plans, written to stay index scans); by default PL/pgSQL planned several of them
-# afresh on every call: ~100 µs of a one-request commit's ~300 µs of server CPU.
-_WRITER_OPTIONS = "-c TimeZone=UTC -c plan_cache_mode=force_generic_plan"
+# (generic plans): by default PL/pgSQL planned several of them afresh on every call, ~100 µs of
+# a one-request commit's ~300 µs of server CPU. A plan made once may be made while a table is
+# still empty (a new deployment): seq scans and hash/merge joins are ruled out so that every
+# statement (key lookups and inserts, nothing else) stays an index lookup as the tables grow.
+_WRITER_OPTIONS = (
+    "-c TimeZone=UTC -c plan_cache_mode=force_generic_plan"
+    " -c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off"
+)
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 

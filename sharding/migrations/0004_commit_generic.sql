@@ -3,26 +3,22 @@
 --
 -- What changed against 0003, each measured (benchmarks/README.md, "Group commit: the server's
 -- side"):
--- * The fence reads the leases through `vshard = ANY(p_vshards)`. The store runs this function
---   with plan_cache_mode = force_generic_plan on its writer connections (sharding/store.py): by
---   default PL/pgSQL re-planned several of the statements below on every call (a custom plan
---   per call, ~100 µs of a one-request commit's ~300). A generic plan cannot see how many
---   vshards the arrays hold; 0003's join then became a sequential scan of every lease (a hash
---   join, at 1,024 leases), while this form stays an index scan of the touched leases.
--- * Accounts and buckets (rewritten by almost every charging request) are UPDATEd, then only
---   the rows not found are upserted (sharding._rows.Table.update_sql / insert_missing_sql). An
---   upsert of an existing row probes the index speculatively and locks the tuple (a WAL record
---   of its own) before updating it.
+-- * Plans. The store runs this function on writer connections that plan its statements once
+--   (plan_cache_mode = force_generic_plan; sharding/store.py): by default PL/pgSQL re-planned
+--   several of them on every call (a custom plan per call, ~100 µs of a one-request commit's
+--   ~300). A generic plan is made once, maybe while a table is still empty, so those connections
+--   also rule out sequential scans, hash and merge joins: every statement here is a key lookup
+--   or an insert and must stay an index lookup whatever the table sizes were when planned.
+--   The fence reads the leases through `vshard = ANY(p_vshards)` (0003's join of every lease
+--   would need a scan of shard_leases without a per-call plan).
+-- * Accounts (rewritten by almost every charging request) are UPDATEd, then only the rows not
+--   found are upserted (sharding._rows.Table.update_sql / insert_missing_sql): an upsert of an
+--   existing row probes the index speculatively and locks the tuple (a WAL record of its own)
+--   before updating it. Buckets keep the upsert: their second index (buckets_account) would
+--   give an UPDATE's join a second, wrong, way in.
 -- * Each answer arrives as its own compact JSON text (a JSON string in p_answers) and is stored
 --   as sent: no parse of the answer into jsonb and print back (sharding.store.encode_writes).
 --
--- Unchanged: the fence runs FIRST (commit locks shared, then the epochs; SQLSTATE 'BF001' with
--- detail "vshard expected actual" naming the first stale vshard); sent as ONE statement on an
--- autocommit connection it is its own transaction, so a stale epoch or a repeated idempotency
--- key (unique_violation, with its table and detail) aborts it and NOTHING is written. The
--- callers pass the vshards sorted (as Store.take_over locks them). Each write is the statement
--- sharding._rows generates for its table with the argument in place of the parameter
--- (tests/unit/test_store_commit_fn.py keeps them equal). On Citus the store does not call it.
 CREATE OR REPLACE FUNCTION billing_commit(
     p_vshards integer[], p_epochs bigint[], p_journal jsonb, p_subscribers jsonb,
     p_accounts jsonb, p_buckets jsonb, p_sessions jsonb, p_ended jsonb, p_answers jsonb
@@ -60,11 +56,7 @@ BEGIN
         END IF;
     END IF;
     IF p_buckets IS NOT NULL THEN
-        UPDATE buckets AS t SET account_id = x.account_id, bundle_id = x.bundle_id, service = x.service, destination_groups = x.destination_groups, rating_groups = x.rating_groups, units = x.units, reserved_units = x.reserved_units, priority = x.priority, valid_from = x.valid_from, expires_at = x.expires_at, extra = x.extra FROM (SELECT (r->>0)::integer, r->>1, r->>2, r->>3, r->>4, ARRAY(SELECT jsonb_array_elements_text(r->5)), ARRAY(SELECT jsonb_array_elements_text(r->6)::integer), (r->>7)::bigint, (r->>8)::bigint, (r->>9)::integer, (r->>10)::timestamptz, (r->>11)::timestamptz, NULLIF(r->12, 'null'::jsonb) FROM jsonb_array_elements(p_buckets) AS r) AS x (vshard, bucket_id, account_id, bundle_id, service, destination_groups, rating_groups, units, reserved_units, priority, valid_from, expires_at, extra) WHERE t.vshard = x.vshard AND t.bucket_id = x.bucket_id;
-        GET DIAGNOSTICS found_rows = ROW_COUNT;
-        IF found_rows < jsonb_array_length(p_buckets) THEN
-            INSERT INTO buckets (vshard, bucket_id, account_id, bundle_id, service, destination_groups, rating_groups, units, reserved_units, priority, valid_from, expires_at, extra) SELECT (r->>0)::integer, r->>1, r->>2, r->>3, r->>4, ARRAY(SELECT jsonb_array_elements_text(r->5)), ARRAY(SELECT jsonb_array_elements_text(r->6)::integer), (r->>7)::bigint, (r->>8)::bigint, (r->>9)::integer, (r->>10)::timestamptz, (r->>11)::timestamptz, NULLIF(r->12, 'null'::jsonb) FROM jsonb_array_elements(p_buckets) AS r WHERE NOT EXISTS (SELECT 1 FROM buckets AS t WHERE t.vshard = (r->>0)::integer AND t.bucket_id = r->>1) ON CONFLICT (vshard, bucket_id) DO UPDATE SET account_id = EXCLUDED.account_id, bundle_id = EXCLUDED.bundle_id, service = EXCLUDED.service, destination_groups = EXCLUDED.destination_groups, rating_groups = EXCLUDED.rating_groups, units = EXCLUDED.units, reserved_units = EXCLUDED.reserved_units, priority = EXCLUDED.priority, valid_from = EXCLUDED.valid_from, expires_at = EXCLUDED.expires_at, extra = EXCLUDED.extra;
-        END IF;
+        INSERT INTO buckets (vshard, bucket_id, account_id, bundle_id, service, destination_groups, rating_groups, units, reserved_units, priority, valid_from, expires_at, extra) SELECT (r->>0)::integer, r->>1, r->>2, r->>3, r->>4, ARRAY(SELECT jsonb_array_elements_text(r->5)), ARRAY(SELECT jsonb_array_elements_text(r->6)::integer), (r->>7)::bigint, (r->>8)::bigint, (r->>9)::integer, (r->>10)::timestamptz, (r->>11)::timestamptz, NULLIF(r->12, 'null'::jsonb) FROM jsonb_array_elements(p_buckets) AS r ON CONFLICT (vshard, bucket_id) DO UPDATE SET account_id = EXCLUDED.account_id, bundle_id = EXCLUDED.bundle_id, service = EXCLUDED.service, destination_groups = EXCLUDED.destination_groups, rating_groups = EXCLUDED.rating_groups, units = EXCLUDED.units, reserved_units = EXCLUDED.reserved_units, priority = EXCLUDED.priority, valid_from = EXCLUDED.valid_from, expires_at = EXCLUDED.expires_at, extra = EXCLUDED.extra;
     END IF;
     IF p_sessions IS NOT NULL THEN
         INSERT INTO sessions (vshard, session_id, subscriber_id, account_id, plan_id, destination, visited_plmn, started_at, last_seen_at, expires_at, next_request_number, reservations, extra) SELECT (r->>0)::integer, r->>1, r->>2, r->>3, r->>4, r->>5, r->>6, (r->>7)::timestamptz, (r->>8)::timestamptz, (r->>9)::timestamptz, (r->>10)::integer, NULLIF(r->11, 'null'::jsonb), NULLIF(r->12, 'null'::jsonb) FROM jsonb_array_elements(p_sessions) AS r ON CONFLICT (vshard, session_id) DO UPDATE SET subscriber_id = EXCLUDED.subscriber_id, account_id = EXCLUDED.account_id, plan_id = EXCLUDED.plan_id, destination = EXCLUDED.destination, visited_plmn = EXCLUDED.visited_plmn, started_at = EXCLUDED.started_at, last_seen_at = EXCLUDED.last_seen_at, expires_at = EXCLUDED.expires_at, next_request_number = EXCLUDED.next_request_number, reservations = EXCLUDED.reservations, extra = EXCLUDED.extra;

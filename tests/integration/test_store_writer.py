@@ -1,9 +1,9 @@
 """The plain-PostgreSQL group commit since migration 0004: how it writes, and on what connection.
 
-billing_commit UPDATEs accounts and buckets and upserts only the rows it did not find; a batch
-mixing existing and new rows must write both, exactly as the upsert did. Answers are stored as
+billing_commit UPDATEs accounts and upserts only the rows it did not find; a batch mixing
+existing and new rows must write both, exactly as the upsert did. Answers are stored as
 the compact JSON text the store sent. Writer connections plan billing_commit's statements once
-(generic plans) and reach a local server over its unix-domain socket.
+(generic plans that stay index lookups) and reach a local server over its unix-domain socket.
 """
 
 from __future__ import annotations
@@ -124,8 +124,9 @@ def test_writer_uses_generic_plans_and_the_local_unix_socket(
         conn = await store._writer()
         try:
             cur = await conn.execute(
-                "SELECT current_setting('plan_cache_mode'), inet_server_addr(),"
-                " current_setting('unix_socket_directories')"
+                "SELECT current_setting('plan_cache_mode') || ' ' || current_setting('enable_seqscan')"
+                " || ' ' || current_setting('enable_hashjoin') || ' ' || current_setting('enable_mergejoin'),"
+                " inet_server_addr(), current_setting('unix_socket_directories')"
             )
             row = await cur.fetchone()
             assert row is not None
@@ -134,7 +135,7 @@ def test_writer_uses_generic_plans_and_the_local_unix_socket(
             await conn.close()
 
     mode, address, sockets = aio.run(writer_facts())
-    assert mode == "force_generic_plan"
+    assert mode == "force_generic_plan off off off"
     host = conninfo_to_dict(pg_dsn).get("host")
     if host in ("127.0.0.1", "localhost") and sockets.startswith("/"):
         assert address is None  # a unix-domain socket has no server address

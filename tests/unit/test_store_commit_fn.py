@@ -2,15 +2,15 @@
 
 The function's writes are static text in the migration; the store generates the same
 statements from the table descriptions (sharding._rows): the INSERTs and upserts the Citus path
-sends, and (since 0004) the UPDATE + upsert-of-the-missing pair the function uses for accounts
-and buckets. A column added to a table without replacing the function would make the two paths
+sends, and (since 0004) the UPDATE + upsert-of-the-missing pair the function uses for
+accounts. A column added to a table without replacing the function would make the two paths
 write different rows: this test fails first.
 """
 
 from __future__ import annotations
 
 from sharding import _sql as q
-from sharding._rows import ACCOUNTS, BUCKETS
+from sharding._rows import ACCOUNTS
 
 _ARGS = {
     q.SQL_JOURNAL: "p_journal",
@@ -21,12 +21,11 @@ _ARGS = {
     q.SQL_END_SESSIONS: "p_ended",
     q.SQL_ANSWERS: "p_answers",
 }
-# What the function runs for each argument: accounts and buckets are UPDATEd, then the rows not
-# found are upserted (the Citus path's upsert, limited to them).
+# What the function runs for each argument: accounts are UPDATEd, then the rows not found are
+# upserted (the Citus path's upsert, limited to them).
 _WRITES = {
     **{sql: [sql] for sql in _ARGS},
     q.SQL_ACCOUNTS: [q.SQL_ACCOUNTS_UPDATE, q.SQL_ACCOUNTS_MISSING],
-    q.SQL_BUCKETS: [q.SQL_BUCKETS_UPDATE, q.SQL_BUCKETS_MISSING],
 }
 
 
@@ -47,23 +46,19 @@ def test_every_write_of_the_commit_function_is_the_generated_statement() -> None
 
 def test_the_missing_rows_upsert_is_the_citus_paths_upsert() -> None:
     """The fallback after the UPDATE writes the same columns and values as the plain upsert."""
-    for upsert, missing in (
-        (q.SQL_ACCOUNTS, q.SQL_ACCOUNTS_MISSING),
-        (q.SQL_BUCKETS, q.SQL_BUCKETS_MISSING),
-    ):
-        head, tail = upsert.split(b" FROM jsonb_array_elements(%s::jsonb) AS r")
-        assert missing.startswith(head) and missing.endswith(tail)
-        assert b" WHERE NOT EXISTS (SELECT 1 FROM " in missing
+    upsert, missing = q.SQL_ACCOUNTS, q.SQL_ACCOUNTS_MISSING
+    head, tail = upsert.split(b" FROM jsonb_array_elements(%s::jsonb) AS r")
+    assert missing.startswith(head) and missing.endswith(tail)
+    assert b" WHERE NOT EXISTS (SELECT 1 FROM accounts AS t WHERE " in missing
 
 
 def test_the_update_sets_every_non_key_column_from_the_batch() -> None:
-    for table, update in ((ACCOUNTS, q.SQL_ACCOUNTS_UPDATE), (BUCKETS, q.SQL_BUCKETS_UPDATE)):
-        text = update.decode()
-        for name in table.column_names:
-            if name in table.key:
-                assert f"t.{name} = x.{name}" in text
-            else:
-                assert f"{name} = x.{name}," in text or text.count(f"{name} = x.{name} FROM") == 1
+    text = q.SQL_ACCOUNTS_UPDATE.decode()
+    for name in ACCOUNTS.column_names:
+        if name in ACCOUNTS.key:
+            assert f"t.{name} = x.{name}" in text
+        else:
+            assert f"{name} = x.{name}," in text or text.count(f"{name} = x.{name} FROM") == 1
 
 
 def test_commit_arguments_follow_the_function_signature() -> None:
