@@ -451,6 +451,23 @@ def cpu_us(used: dict[str, float], requests: int) -> float:
     return sum(used.values()) / max(requests, 1) * 1e6
 
 
+def mean_size(batches: list[Any]) -> float:
+    return sum(b.size for b in batches) / max(len(batches), 1)
+
+
+def batch_summary(batches: list[Any]) -> str:
+    """Batch sizes (mean, p50, p95, max) and the time batches waited for more (flush on idle)."""
+    sizes = sorted(b.size for b in batches)
+    held = sorted(getattr(b, "held", 0.0) for b in batches)
+    waited = sum(1 for h in held if h > 0)
+    return (
+        f"{len(sizes):,} batches, size mean {mean_size(batches):.2f} p50 {sizes[len(sizes) // 2]}"
+        f" p95 {sizes[min(len(sizes) - 1, int(len(sizes) * 0.95))]} max {sizes[-1]};"
+        f" {waited / len(sizes):.0%} waited for more (held p50 {_at(held, 0.5):.2f}"
+        f" p95 {_at(held, 0.95):.2f} ms)"
+    )
+
+
 def fmt(report: LoadReport) -> str:
     p = report.latencies.percentiles()
     ok = sum(report.latencies.results.values())
@@ -513,14 +530,20 @@ async def bench(args: argparse.Namespace) -> None:
             seconds = await provision(system.handles, subscribers)
             print(f"provisioned {subscribers:,} subscribers in {seconds:.1f} s")
         doors: dict[str, Any] = {}
+        holds = [int(h) for h in args.batch_hold_us.split(",")] if args.batch_hold_us else [None]
         for transport in args.transport.split(","):
             for in_flight in (int(m) for m in args.max_in_flight.split(",")):
-                doors[f"{transport}/{in_flight}"] = await start_frontdoor(
-                    port=0,
-                    batch_max=args.frontdoor_batch_max,
-                    transport=transport,
-                    max_in_flight=in_flight,
-                )
+                for hold_us in holds:
+                    label = f"{transport}/{in_flight}" + (
+                        "" if hold_us is None else f"/hold{hold_us}"
+                    )
+                    doors[label] = await start_frontdoor(
+                        port=0,
+                        batch_max=args.frontdoor_batch_max,
+                        transport=transport,
+                        max_in_flight=in_flight,
+                        batch_hold_s=None if hold_us is None else hold_us / 1e6,
+                    )
         print(f"front doors (transport/batches in flight per owner): {', '.join(doors)}")
         batches: dict[str, list[Any]] = {label: [] for label in doors}
         for label, door in doors.items():
@@ -569,6 +592,7 @@ async def bench(args: argparse.Namespace) -> None:
                     print(f"  cpu per request: {per_request(meter.stop(), r.requests)}")
                     note("unary_echo", r.throughput)
                     for label, door in doors.items():
+                        batches[label].clear()
                         meter.start()
                         r = await in_child(_load_child, unary(door.address))
                         used = meter.stop()
@@ -576,6 +600,10 @@ async def bench(args: argparse.Namespace) -> None:
                         print(f"  cpu per request: {per_request(used, r.requests)}")
                         note(f"unary_frontdoor[{label}]", r.throughput)
                         note(f"unary_cpu_us[{label}]", cpu_us(used, r.requests))
+                        if batches[label]:
+                            size = batch_summary(batches[label])
+                            print(f"  owner batches: {size}")
+                            note(f"unary_batch_size[{label}]", mean_size(batches[label]))
                 if "stream" in phases:
                     s = await in_child(_stream_child, (echo_target, *stream_args))
                     print(f"stream echo      {s.rate:9,.0f} req/s  {s.results}")
@@ -612,6 +640,8 @@ async def bench(args: argparse.Namespace) -> None:
                                 f" {_at(trips, 0.95):.2f} p99 {_at(trips, 0.99):.2f} ms,"
                                 f" {len(trips):,} batches of {size:.2f} requests on average"
                             )
+                            print(f"  owner batches: {batch_summary(batches[label])}")
+                            note(f"latency_batch_size[{label}]", size)
                             note(f"batch_rtt_p50_ms[{label}]", _at(trips, 0.5))
                             note(f"batch_rtt_p95_ms[{label}]", _at(trips, 0.95))
                         note(f"latency_p50_ms[{label}]", p["p50"] * 1e3)
@@ -730,6 +760,13 @@ def main() -> None:
         "--max-in-flight",
         default="1",
         help="batches in flight per owner; several (1,2) start one front door each",
+    )
+    parser.add_argument(
+        "--batch-hold-us",
+        default="",
+        help="flush on idle: the longest a batch waits for more requests while the front door"
+        " is busy, in µs (cluster/batching.py); several (0,2000) start one front door each;"
+        " default: the front door's default",
     )
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(PHASES)}")
     parser.add_argument("--serve-baseline", nargs=3, metavar=("PORT", "DSN", "SUBSCRIBERS"))

@@ -9,6 +9,16 @@ then rides the next: about two round trips. Over the direct channel (actors/chan
 cheap, and a second batch in flight lets such a request leave at once; the owner still coalesces
 what reaches it during a commit into one group commit.
 
+Flush on idle (``hold_s``, Nagle-like, not a timer): a batch may wait for more requests only
+under load, i.e. when at least ``hold_min`` requests are already waiting as it could leave (they
+arrived during the previous round trip; a request that finds its owner idle leaves at once, as
+before), and then only while the event loop has other work ready (callbacks or tasks that run
+before it, typically more requests being received), at most ``hold_s`` in all; it leaves at once
+when the loop is otherwise idle or the batch is full. A saturated front door, whose loop is never
+idle, so sends fewer, fuller batches, and the owners' and the commit's fixed cost per batch is
+spread over more requests. Nothing is scheduled for it: the sender yields (``asyncio.sleep(0)``)
+and looks again. ``hold_s=0`` is the plain one-batch-in-flight rule.
+
 Bounded (DESIGN.md invariant 6): the queue holds at most ``queue_max`` requests; past that,
 :class:`QueueFull` is raised at once (the front door answers RESOURCE_EXHAUSTED) and nothing is
 enqueued. A batch holds at most ``batch_max`` requests. A request whose caller gave up (its
@@ -26,8 +36,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,6 +52,42 @@ QUEUE_MAX_DEFAULT = 4096
 BATCH_MAX_DEFAULT = 2048  # the owner applies up to 4096 per group commit
 MAX_IN_FLIGHT_DEFAULT = 1
 MAX_IN_FLIGHT_LIMIT = 16  # batches in flight per owner: bounded
+HOLD_S_DEFAULT = 0.0  # flush on idle off unless asked for (see the module docstring)
+HOLD_S_LIMIT = 0.1  # the longest a batch may wait for more requests while the loop is busy
+HOLD_MIN_DEFAULT = 2  # requests already waiting before a batch may wait for more
+
+
+class LoopProbe:
+    """Has a loop other work ready than the batch senders now waiting for fuller batches?
+
+    asyncio's loops keep their ready callbacks as ``_ready``. A sender waiting for more requests
+    yields with ``asyncio.sleep(0)``, which puts it in that queue itself: waiting senders (of
+    every owner, every front door on the loop) are counted in ``holding`` and not taken for
+    work, or two of them would keep each other waiting (and the loop spinning) to the bound. A
+    loop without ``_ready`` (another implementation) is never busy: batches there never wait.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        ready = getattr(loop, "_ready", None)
+        self._ready: Sized | None = ready if isinstance(ready, Sized) else None
+        self.holding = 0  # senders waiting for more requests (each in the ready queue or running)
+
+    def busy(self) -> bool:
+        """Called by a sender counted in ``holding`` (running, so not in the ready queue)."""
+        return self._ready is not None and len(self._ready) >= self.holding
+
+
+_probes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopProbe] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_probe(loop: asyncio.AbstractEventLoop) -> LoopProbe:
+    """The one :class:`LoopProbe` of ``loop`` (shared by its batchers)."""
+    probe = _probes.get(loop)
+    if probe is None:
+        probe = _probes[loop] = LoopProbe(loop)
+    return probe
 
 
 class OwnerClient(Protocol):
@@ -67,6 +114,7 @@ class BatchRecord:
     queued: int  # requests left waiting when the batch left
     seconds: float
     failed: bool
+    held: float = 0.0  # seconds the batch waited for more requests before it left (hold_s)
 
 
 class OwnerBatcher:
@@ -83,18 +131,33 @@ class OwnerBatcher:
         max_in_flight: int = MAX_IN_FLIGHT_DEFAULT,
         on_batch: Callable[[BatchRecord], None] | None = None,
         telemetry: Telemetry | None = None,
+        hold_s: float = HOLD_S_DEFAULT,
+        hold_min: int = HOLD_MIN_DEFAULT,
+        busy: Callable[[], bool] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``hold_s``, ``hold_min``: flush on idle (module docstring), ``hold_s=0`` = off. ``busy`` and ``clock`` are
+        seams for tests: "has the loop other work ready?" (default: the running loop's
+        :class:`LoopProbe`) and the time in seconds (default: the loop's clock)."""
         if queue_max < 1 or batch_max < 1:
             raise ValueError(f"queue_max and batch_max must be >= 1, got {queue_max}, {batch_max}")
         if not 1 <= max_in_flight <= MAX_IN_FLIGHT_LIMIT:
             raise ValueError(
                 f"max_in_flight must be in 1..{MAX_IN_FLIGHT_LIMIT}, got {max_in_flight}"
             )
+        if not 0.0 <= hold_s <= HOLD_S_LIMIT:
+            raise ValueError(f"hold_s must be in 0..{HOLD_S_LIMIT} seconds, got {hold_s}")
+        if hold_min < 1:
+            raise ValueError(f"hold_min must be >= 1, got {hold_min}")
         self.owner = owner
         self.client = client
         self.queue_max = queue_max
         self.batch_max = batch_max
         self.max_in_flight = max_in_flight
+        self.hold_s = hold_s
+        self.hold_min = hold_min
+        self._busy = busy
+        self._clock = clock
         self._on_batch = on_batch
         self._telemetry = telemetry or current_telemetry()
         self._queue: deque[tuple[OwnerRequest, asyncio.Future[OwnerReply]]] = deque()
@@ -131,6 +194,7 @@ class OwnerBatcher:
         starting = True
         try:
             while self._queue:
+                held = await self._hold() if self.hold_s else 0.0
                 requests: list[OwnerRequest] = []
                 futures: list[asyncio.Future[OwnerReply]] = []
                 while self._queue and len(requests) < self.batch_max:
@@ -182,6 +246,7 @@ class OwnerBatcher:
                             queued=len(self._queue),
                             seconds=time.perf_counter() - started,
                             failed=failed,
+                            held=held,
                         )
                     )
         finally:
@@ -189,6 +254,33 @@ class OwnerBatcher:
                 self._starting -= 1
             # Synchronously, not in a done callback: a request queued from now on starts a sender.
             self._senders.discard(asyncio.current_task())
+
+    async def _hold(self) -> float:
+        """Let the batch grow while the loop has other work ready, up to ``hold_s`` and
+        ``batch_max``; return the seconds waited (0 when the loop was idle: the usual case at
+        low load)."""
+        if not self.hold_min <= len(self._queue) < self.batch_max:
+            return 0.0
+        if self._busy is not None:
+            return await self._wait_while(self._busy)
+        probe = loop_probe(asyncio.get_running_loop())
+        probe.holding += 1
+        try:
+            return await self._wait_while(probe.busy)
+        finally:
+            probe.holding -= 1
+
+    async def _wait_while(self, busy: Callable[[], bool]) -> float:
+        if not busy():
+            return 0.0
+        clock = self._clock or asyncio.get_running_loop().time
+        started = clock()
+        until = started + self.hold_s
+        while True:
+            await asyncio.sleep(0)  # everything ready now runs first; then look again
+            now = clock()
+            if len(self._queue) >= self.batch_max or now >= until or not busy():
+                return now - started
 
     async def close(self) -> None:
         """Stop accepting; fail what is queued as Unavailable; wait for the batches in flight."""

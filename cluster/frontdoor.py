@@ -59,6 +59,8 @@ from billing.protocol import BalanceResult, CreditControlAnswer, CreditControlRe
 from cluster import convert
 from cluster.batching import (
     BATCH_MAX_DEFAULT,
+    HOLD_S_DEFAULT,
+    HOLD_S_LIMIT,
     MAX_IN_FLIGHT_DEFAULT,
     QUEUE_MAX_DEFAULT,
     BatchRecord,
@@ -192,12 +194,16 @@ class Dispatcher:
         max_in_flight: int = MAX_IN_FLIGHT_DEFAULT,
         request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
         telemetry: Telemetry | None = None,
+        hold_s: float = HOLD_S_DEFAULT,
     ) -> None:
+        if not 0.0 <= hold_s <= HOLD_S_LIMIT:  # fail now, not at the first request
+            raise ValueError(f"hold_s must be in 0..{HOLD_S_LIMIT} seconds, got {hold_s}")
         self._maps = maps
         self._owners = owners
         self._queue_max = queue_max
         self._batch_max = batch_max
         self._max_in_flight = max_in_flight
+        self._hold_s = hold_s
         self.request_timeout_s = request_timeout_s
         self._telemetry = telemetry or current_telemetry()
         self._map: ShardMap | None = None
@@ -280,6 +286,7 @@ class Dispatcher:
                 queue_max=self._queue_max,
                 batch_max=self._batch_max,
                 max_in_flight=self._max_in_flight,
+                hold_s=self._hold_s,
                 on_batch=self._on_batch,
                 telemetry=self._telemetry,
             )
