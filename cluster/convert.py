@@ -494,33 +494,51 @@ def request_to_proto(request: CreditControlRequest) -> pb.CreditControlRequest:
     return msg
 
 
-def _grant_to_proto(grant: ServiceGrant) -> pb.ServiceGrant:
-    msg = pb.ServiceGrant(
-        result_code=_wire_code(grant.result_code),
-        cost_micros=grant.cost_micros,
-        error_message=grant.error_message,
-        uncharged_micros=grant.uncharged_micros,
-    )
+def _set_units(msg: pb.Units, units: Units) -> None:
+    """Fill ``msg`` (a sub-message, marked present even when every kind is 0) from ``units``."""
+    msg.SetInParent()
+    if units.time_s:
+        msg.time_s = units.time_s
+    if units.total_octets:
+        msg.total_octets = units.total_octets
+    if units.input_octets:
+        msg.input_octets = units.input_octets
+    if units.output_octets:
+        msg.output_octets = units.output_octets
+    if units.service_units:
+        msg.service_units = units.service_units
+    if units.money_micros:
+        msg.money_micros = units.money_micros
+
+
+def _add_grant(msg: pb.CreditControlAnswer, grant: ServiceGrant) -> None:
+    """Append ``grant`` to the answer's services, built in place (no message copied)."""
+    entry = msg.services.add(result_code=_wire_code(grant.result_code))
+    if grant.cost_micros:
+        entry.cost_micros = grant.cost_micros
+    if grant.error_message:
+        entry.error_message = grant.error_message
+    if grant.uncharged_micros:
+        entry.uncharged_micros = grant.uncharged_micros
     if grant.rating_group is not None:
-        msg.rating_group = grant.rating_group
+        entry.rating_group = grant.rating_group
     if grant.service_identifier is not None:
-        msg.service_identifier = grant.service_identifier
+        entry.service_identifier = grant.service_identifier
     if grant.granted is not None:
-        msg.granted.CopyFrom(units_to_proto(grant.granted))
+        _set_units(entry.granted, grant.granted)
     if grant.validity_time_s is not None:
-        msg.validity_time_s = grant.validity_time_s
+        entry.validity_time_s = grant.validity_time_s
     if grant.final_unit is not None:
-        msg.final_unit.action = _FINAL_UNIT_ACTION_PB[grant.final_unit.action]
-        msg.final_unit.redirect_address = grant.final_unit.redirect_address or ""
+        entry.final_unit.action = _FINAL_UNIT_ACTION_PB[grant.final_unit.action]
+        entry.final_unit.redirect_address = grant.final_unit.redirect_address or ""
     if grant.tariff_time_change is not None:
-        msg.tariff_time_change.CopyFrom(datetime_to_timestamp(grant.tariff_time_change))
+        entry.tariff_time_change.CopyFrom(datetime_to_timestamp(grant.tariff_time_change))
     if grant.quota_threshold is not None:
-        msg.quota_threshold = grant.quota_threshold
-    return msg
+        entry.quota_threshold = grant.quota_threshold
 
 
 def answer_to_proto(answer: CreditControlAnswer) -> pb.CreditControlAnswer:
-    """The wire form of the domain's answer."""
+    """The wire form of the domain's answer (built in place: this runs for every answer)."""
     msg = pb.CreditControlAnswer(
         session_id=answer.session_id,
         request_number=answer.request_number,
@@ -528,7 +546,8 @@ def answer_to_proto(answer: CreditControlAnswer) -> pb.CreditControlAnswer:
         cost_micros=answer.cost_micros,
         error_message=answer.error_message,
     )
-    msg.services.extend(_grant_to_proto(grant) for grant in answer.services)
+    for grant in answer.services:
+        _add_grant(msg, grant)
     if answer.check_balance_result is not None:
         msg.check_balance_result = _CHECK_BALANCE_RESULT_PB[answer.check_balance_result]
     if answer.balance_after_micros is not None:
