@@ -775,9 +775,11 @@ async def _results(conn: psycopg.AsyncConnection[Any]) -> None:
         await _ready(loop, fd, write=True)
     error: psycopg.Error | None = None
     while True:
-        pgconn.consume_input()
+        # Parse what libpq holds already (flush() may have read some); read the socket only
+        # once it is readable: a read straight after the send finds nothing but costs a syscall.
         if pgconn.is_busy():
             await _ready(loop, fd, write=False)
+            pgconn.consume_input()
             continue
         result = pgconn.get_result()
         if result is None:
