@@ -19,7 +19,10 @@ of the server (the local postmaster and its children, from /proc); medians of ``
 alternations, and each path's server CPU as a ratio of the first path's.
 
     .venv/bin/python benchmarks/bench_commit_paths.py [--dsn DSN] [--rounds 5] [--seconds 1]
-        [--batches 1,10,100,500] [--paths 0003,statement]
+        [--batches 1,10,100,500] [--paths 0003,statement] [--vshards 1024] [--accounts 100000]
+
+The scratch database first gets a deployment's shape (``--vshards`` leases, ``--accounts``
+accounts, ANALYZE): PostgreSQL's plans depend on it (see :func:`preload`).
 """
 
 from __future__ import annotations
@@ -123,12 +126,41 @@ PATHS: dict[str, Commit] = {
 }
 
 
+async def preload(dsn: str, vshards: int, accounts: int) -> None:
+    """A database the size of a deployment's: a lease for each of ``vshards`` vshards (other
+    owners' beyond the benchmark's own), ``accounts`` accounts spread over them, statistics
+    gathered. The plans PostgreSQL picks depend on it: on a few-row scratch database 0003's
+    statements got cheap generic plans by themselves, on a full one they were planned per call."""
+    own = set(owner_vshards(0))
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO shard_leases (vshard, epoch, owner)"
+            " SELECT v, 1, 'other' FROM generate_series(0, %s - 1) AS v WHERE NOT v = ANY(%s)",
+            (vshards, sorted(own)),
+        )
+        await conn.execute(
+            "INSERT INTO accounts (vshard, account_id, payment_mode, currency, plan_id,"
+            " balance_micros, credit_limit_micros, reserved_micros, created_at)"
+            " SELECT i %% %s, 'pre-' || i, 'prepaid', 'EUR', 'plan-basic', 0, 0, 0, now()"
+            " FROM generate_series(1, %s) AS i",
+            (vshards, accounts),
+        )
+        await conn.execute("ANALYZE")
+
+
 async def run(
-    dsn: str, batches: list[int], rounds: int, seconds: float, paths: dict[str, Commit]
+    dsn: str,
+    batches: list[int],
+    rounds: int,
+    seconds: float,
+    paths: dict[str, Commit],
+    preloaded: tuple[int, int],
 ) -> None:
     async with Store(dsn, min_size=1, max_size=1, writers=1) as store:
         await store.migrate()
         await create_v0003(dsn)
+        if preloaded[0]:
+            await preload(dsn, *preloaded)
         epochs = await store.take_over(owner_vshards(0), "bench-paths")
         accounts = owner_accounts(0)
         await store.commit(sample.debit_batch(accounts, "setup"), epochs)
@@ -189,6 +221,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--batches", default="1,10,100,500")
     parser.add_argument("--paths", default="0003,statement", help=f"of {', '.join(PATHS)}")
+    parser.add_argument(
+        "--vshards", type=int, default=1024, help="leases stored (0: only the benchmark's own)"
+    )
+    parser.add_argument("--accounts", type=int, default=100_000, help="accounts preloaded")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     unknown = [p for p in args.paths.split(",") if p not in PATHS]
@@ -196,7 +232,8 @@ def main() -> None:
         parser.error(f"unknown paths {unknown}: choose among {', '.join(PATHS)}")
     paths = {p: PATHS[p] for p in args.paths.split(",")}
     with scratch_database(args.dsn, "bench_paths") as dsn:
-        asyncio.run(run(dsn, batches, args.rounds, args.seconds, paths))
+        preloaded = (args.vshards, args.accounts)
+        asyncio.run(run(dsn, batches, args.rounds, args.seconds, paths, preloaded))
 
 
 if __name__ == "__main__":
