@@ -129,6 +129,10 @@ class OwnerConfig:
     # most this many (~1 KB each over a packed record), packed once untouched for warm_idle_s.
     warm_max: int = 20_000
     warm_idle_s: float = 10.0
+    # The owner process's scheduling niceness (None: keep what it was started with). Ray starts
+    # every worker at nice 15 (RAY_worker_niceness): an owner would then lose the CPU to the
+    # PostgreSQL backend its own commit wakes, and to the front doors, whenever they compete.
+    niceness: int | None = 0
     manager_name: str = MANAGER_NAME
     namespace: str = NAMESPACE
 
@@ -146,6 +150,8 @@ class OwnerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warm_max < 0:
             raise ValueError(f"warm_max must be >= 0, got {self.warm_max}")
+        if self.niceness is not None and not -20 <= self.niceness <= 19:
+            raise ValueError(f"niceness must be in -20..19 or None, got {self.niceness}")
         for name in (
             "ready_wait_s",
             "forward_timeout_s",
@@ -246,6 +252,25 @@ def _unwrapped(owner: object, name: str) -> Any:
     return types.MethodType(function, owner)
 
 
+def _set_niceness(niceness: int) -> None:
+    """Set every thread of this process to ``niceness`` (Linux keeps it per thread; threads
+    started later inherit it from their creator). Lowering it needs CAP_SYS_NICE (or a nice
+    rlimit): without, the owner logs why and keeps the niceness it has."""
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except (OSError, ValueError):
+        threads = [0]  # 0: the calling thread (the event loop's: __init__ runs on it)
+    for tid in threads:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) != niceness:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+        except ProcessLookupError:
+            continue  # the thread ended meanwhile
+        except OSError as exc:
+            log.warning("cannot set the owner's niceness to %d: %s", niceness, exc)
+            return
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -276,6 +301,8 @@ class ShardOwner:
         if not name:
             raise ValueError("name must not be empty")
         tune_gc()  # a long-lived server with a large, stable heap (actors/_gc.py)
+        if config.niceness is not None:
+            _set_niceness(config.niceness)
         _bypass_ray_wrappers(self)
         loop = asyncio.get_running_loop()  # Ray async actors run __init__ on their event loop
         self._loop = loop  # cached: each asyncio loop lookup is a getpid() call in Python 3.11

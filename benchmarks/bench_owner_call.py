@@ -4,7 +4,10 @@ Interleaved in one run against the same owner (2 owners, embedded PostgreSQL, 2,
 subscribers): a Ray ``ping`` (the floor of any Ray actor call), an empty batch and a one-request
 charging batch (an SMS debit: apply + group commit) through :class:`cluster.owners.RayOwnerClient`
 (the baseline) and :class:`cluster.owners.DirectOwnerClient` (actors/channel.py), one at a time.
-Prints p50 / p95 / p99 per kind. Results in benchmarks/README.md ("Direct owner channel").
+Prints p50 / p95 / p99 per kind, and the owner's CPU per call (median over the calls of each
+kind, from the owner process's threads' scheduler clocks, /proc/<pid>/task/*/schedstat, in
+nanoseconds: the owner does nothing else meanwhile, as the calls are sequential). Results in
+benchmarks/README.md ("Direct owner channel"; "Owner CPU per request", engineer O).
 
 Usage:
     python benchmarks/bench_owner_call.py --calls 400
@@ -14,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +36,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import percentiles, sms_event  # noqa: E402
 
 from cluster.loadgen import subscriber_id  # noqa: E402
+
+
+def owner_cpu_ns(pid: int) -> int:
+    """CPU time the threads of process ``pid`` have run so far, in ns (Linux schedstat)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            total += int(f.read().split()[0])  # (OSError: a thread that ended meanwhile)
+    return total
 
 
 def _percentiles(seconds: list[float]) -> str:
@@ -51,6 +66,7 @@ async def bench(calls: int) -> None:
         shard_map = system.handles.get_map()
         name = shard_map.owner_of_key(subscriber_id(0))
         handle = system.handles.owner(name)
+        pid = int((await handle.status.remote()).pid)
         mine = [i for i in range(2000) if shard_map.owner_of_key(subscriber_id(i)) == name]
         direct, ray_client = DirectOwnerClient(name), RayOwnerClient(name)
 
@@ -72,13 +88,17 @@ async def bench(calls: int) -> None:
             for call in kinds.values():
                 await call(i)
         times: dict[str, list[float]] = {kind: [] for kind in kinds}
+        cpu: dict[str, list[int]] = {kind: [] for kind in kinds}
         for i in range(calls):
             for kind, call in kinds.items():
+                cpu0 = owner_cpu_ns(pid)
                 started = time.perf_counter()
                 await call(i)
                 times[kind].append(time.perf_counter() - started)
+                cpu[kind].append(owner_cpu_ns(pid) - cpu0)
         for kind, seconds in times.items():
-            print(f"{kind:24} {_percentiles(seconds)}")
+            owner_us = statistics.median(cpu[kind]) / 1e3
+            print(f"{kind:24} {_percentiles(seconds)}  owner CPU {owner_us:6.1f} µs/call")
         await direct.close()
     finally:
         system.stop()
