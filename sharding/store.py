@@ -487,15 +487,15 @@ class Store:
                     await conn.close()
         if self._closed:
             raise StoreUnavailable("the store is closed; nothing was written")
-        conn = await asyncio.wait_for(
-            psycopg.AsyncConnection.connect(
-                self._writer_dsn,
-                autocommit=True,
-                options=_WRITER_OPTIONS,
-                connect_timeout=_CONNECT_TIMEOUT_S,
-            ),
-            self._timeout_s,
-        )
+        try:
+            conn = await self._connect_writer(self._writer_dsn)
+        except psycopg.OperationalError:
+            if self._writer_dsn == self.dsn:
+                raise
+            # The local socket found at open() is gone (the server moved or was reconfigured):
+            # back to the DSN as given, for this and every later writer.
+            self._writer_dsn = self.dsn
+            conn = await self._connect_writer(self.dsn)
         try:
             conn.pgconn.send_prepare(q.COMMIT_STATEMENT, q.SQL_COMMIT)
             await _results(conn)
@@ -503,6 +503,14 @@ class Store:
             await conn.close()
             raise
         return conn
+
+    async def _connect_writer(self, dsn: str) -> psycopg.AsyncConnection[Any]:
+        return await asyncio.wait_for(
+            psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, options=_WRITER_OPTIONS, connect_timeout=_CONNECT_TIMEOUT_S
+            ),
+            self._timeout_s,
+        )
 
     async def _check_epochs(
         self, conn: psycopg.AsyncConnection[Any], touched: list[int], epochs: Mapping[int, int]

@@ -156,3 +156,15 @@ def test_a_remote_looking_dsn_keeps_tcp(pg_dsn: str, aio: asyncio.Runner) -> Non
         assert store._writer_dsn == dsn
     finally:
         aio.run(store.close())
+
+
+def test_a_vanished_socket_falls_back_to_the_dsn(store: Store, aio: asyncio.Runner) -> None:
+    """The socket found at open() may go away (the server reconfigured): writers reconnect with
+    the DSN as given, and the commit goes through."""
+    store._writer_dsn = "host=/nonexistent-billing-socket-dir port=5 dbname=nowhere"
+    epochs = aio.run(store.take_over([3], "owner-a"))
+    ch = Changes()
+    ch.accounts["a-1"] = sample.account("a-1", 3, balance_micros=5)
+    aio.run(store.commit(ch, epochs))
+    assert store._writer_dsn == store.dsn
+    assert _loaded(aio, store, [3]).accounts == {"a-1": ch.accounts["a-1"]}
