@@ -530,20 +530,21 @@ async def bench(args: argparse.Namespace) -> None:
             seconds = await provision(system.handles, subscribers)
             print(f"provisioned {subscribers:,} subscribers in {seconds:.1f} s")
         doors: dict[str, Any] = {}
-        holds = [int(h) for h in args.batch_hold_us.split(",")] if args.batch_hold_us else [None]
+        holds = args.batch_hold_us.split(",") if args.batch_hold_us else [None]
         for transport in args.transport.split(","):
             for in_flight in (int(m) for m in args.max_in_flight.split(",")):
-                for hold_us in holds:
-                    label = f"{transport}/{in_flight}" + (
-                        "" if hold_us is None else f"/hold{hold_us}"
-                    )
+                for hold in holds:
+                    label = f"{transport}/{in_flight}" + ("" if hold is None else f"/hold{hold}")
+                    hold_us, _, hold_min = (hold or "").partition(":")
                     doors[label] = await start_frontdoor(
                         port=0,
                         batch_max=args.frontdoor_batch_max,
                         transport=transport,
                         max_in_flight=in_flight,
-                        batch_hold_s=None if hold_us is None else hold_us / 1e6,
+                        batch_hold_s=int(hold_us) / 1e6 if hold_us else None,
                     )
+                    if hold_min:  # batchers are built at first use, from these settings
+                        doors[label].dispatcher._hold_min = int(hold_min)
         print(f"front doors (transport/batches in flight per owner): {', '.join(doors)}")
         batches: dict[str, list[Any]] = {label: [] for label in doors}
         for label, door in doors.items():
@@ -585,13 +586,18 @@ async def bench(args: argparse.Namespace) -> None:
             stream_args = (subscribers, args.duration, args.streams, args.batch, args.window)
             for round_ in range(args.rounds):
                 print(f"## round {round_ + 1}/{args.rounds}")
+                # Several front doors: every other round measures them in reverse order, so
+                # none always runs first (or right after the echo server) on a shared machine.
+                ordered = list(doors.items())
+                if round_ % 2:
+                    ordered.reverse()
                 if "unary" in phases:
                     meter.start()
                     r = await in_child(_load_child, unary(echo_target))
                     print(f"unary echo      {fmt(r)}")
                     print(f"  cpu per request: {per_request(meter.stop(), r.requests)}")
                     note("unary_echo", r.throughput)
-                    for label, door in doors.items():
+                    for label, door in ordered:
                         batches[label].clear()
                         meter.start()
                         r = await in_child(_load_child, unary(door.address))
@@ -608,7 +614,7 @@ async def bench(args: argparse.Namespace) -> None:
                     s = await in_child(_stream_child, (echo_target, *stream_args))
                     print(f"stream echo      {s.rate:9,.0f} req/s  {s.results}")
                     note("stream_echo", s.rate)
-                    for label, door in doors.items():
+                    for label, door in ordered:
                         meter.start()
                         s = await in_child(_stream_child, (door.address, *stream_args))
                         used = meter.stop()
@@ -617,7 +623,7 @@ async def bench(args: argparse.Namespace) -> None:
                         note(f"stream_frontdoor[{label}]", s.rate)
                         note(f"stream_cpu_us[{label}]", cpu_us(used, s.requests))
                 if "latency" in phases:
-                    for label, door in doors.items():
+                    for label, door in ordered:
                         config = LoadConfig(
                             target=door.address,
                             duration_s=args.duration,
@@ -765,7 +771,8 @@ def main() -> None:
         "--batch-hold-us",
         default="",
         help="flush on idle: the longest a batch waits for more requests while the front door"
-        " is busy, in µs (cluster/batching.py); several (0,2000) start one front door each;"
+        " is busy, in µs, optionally :N requests already queued before it may wait (hold_min,"
+        " cluster/batching.py); several (0,2000,2000:6) start one front door each;"
         " default: the front door's default",
     )
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(PHASES)}")

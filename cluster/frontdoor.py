@@ -59,6 +59,7 @@ from billing.protocol import BalanceResult, CreditControlAnswer, CreditControlRe
 from cluster import convert
 from cluster.batching import (
     BATCH_MAX_DEFAULT,
+    HOLD_MIN_DEFAULT,
     HOLD_S_DEFAULT,
     HOLD_S_LIMIT,
     MAX_IN_FLIGHT_DEFAULT,
@@ -204,15 +205,19 @@ class Dispatcher:
         request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
         telemetry: Telemetry | None = None,
         hold_s: float = HOLD_S_DEFAULT,
+        hold_min: int = HOLD_MIN_DEFAULT,
     ) -> None:
         if not 0.0 <= hold_s <= HOLD_S_LIMIT:  # fail now, not at the first request
             raise ValueError(f"hold_s must be in 0..{HOLD_S_LIMIT} seconds, got {hold_s}")
+        if hold_min < 1:
+            raise ValueError(f"hold_min must be >= 1, got {hold_min}")
         self._maps = maps
         self._owners = owners
         self._queue_max = queue_max
         self._batch_max = batch_max
         self._max_in_flight = max_in_flight
         self._hold_s = hold_s
+        self._hold_min = hold_min
         self.request_timeout_s = request_timeout_s
         self._telemetry = telemetry or current_telemetry()
         self._map: ShardMap | None = None
@@ -296,6 +301,7 @@ class Dispatcher:
                 batch_max=self._batch_max,
                 max_in_flight=self._max_in_flight,
                 hold_s=self._hold_s,
+                hold_min=self._hold_min,
                 on_batch=self._on_batch,
                 telemetry=self._telemetry,
             )

@@ -72,6 +72,7 @@ async def _second_batch(
     as the first batch returns. Returns the batch sizes and records."""
     client = GatedClient()
     records: list[BatchRecord] = []
+    options = {"hold_min": 2, **options}  # b and c make a queue of two
     batcher = OwnerBatcher(
         "o0", client, hold_s=hold_s, clock=StepClock(0.0001), on_batch=records.append, **options
     )
@@ -151,6 +152,7 @@ def test_a_lone_request_never_waits_even_on_a_busy_loop() -> None:
         assert await batcher.submit("a") == ("ok", "a")
         assert await batcher.submit("b") == ("ok", "b")
         # One request queued when the batch could leave (below hold_min): no look, no wait.
+        assert batcher.hold_min >= 2
         assert client.sizes == [1, 1] and looks == 0
         assert [r.held for r in records] == [0.0, 0.0]
         await batcher.close()
@@ -169,7 +171,7 @@ def test_an_idle_loop_sends_the_queued_batch_at_once() -> None:
 def test_a_request_given_up_while_its_batch_waits_is_dropped() -> None:
     async def scenario() -> None:
         client = GatedClient()
-        batcher = OwnerBatcher("o0", client, hold_s=0.05, clock=StepClock(0.0001))
+        batcher = OwnerBatcher("o0", client, hold_s=0.05, hold_min=2, clock=StepClock(0.0001))
         first = batcher.submit("a")
         await asyncio.sleep(0)
         gone = batcher.submit("b")
@@ -208,7 +210,7 @@ def test_waiting_senders_do_not_keep_each_other_busy() -> None:
             return 0.0 if reads < 100 else 1.0
 
         batchers = [
-            OwnerBatcher(f"o{i}", client, hold_s=0.05, clock=frozen_clock)
+            OwnerBatcher(f"o{i}", client, hold_s=0.05, hold_min=2, clock=frozen_clock)
             for i, client in enumerate(clients)
         ]
         firsts = [b.submit(f"{b.owner}-a") for b in batchers]
@@ -251,6 +253,17 @@ def test_hold_is_bounded(hold_s: float) -> None:
         Dispatcher(None, None, hold_s=hold_s)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="hold_min"):
         OwnerBatcher("o0", GatedClient(), hold_s=0.001, hold_min=0)
+    with pytest.raises(ValueError, match="hold_min"):
+        Dispatcher(None, None, hold_s=0.001, hold_min=0)  # type: ignore[arg-type]
+
+
+def test_hold_min_sets_how_much_load_a_batch_needs_before_it_waits() -> None:
+    async def scenario() -> None:
+        # Two queued requests when the first batch returns: hold_min=3 sends them at once.
+        client, _records, loop = await _second_batch(0.002, ["d", "e"], hold_min=3)
+        assert client.sizes == [1, 2] and loop.looks == 0
+
+    run(scenario)
 
 
 def test_start_frontdoor_checks_the_hold_before_anything_starts() -> None:
