@@ -74,6 +74,7 @@ async def _run_frontdoor(args: argparse.Namespace, banner: str) -> None:
         telemetry=telemetry.current(),
         transport=args.owner_transport,
         max_in_flight=args.max_in_flight,
+        batch_hold_s=args.batch_hold_us / 1e6,
     )
     console.print(f"{banner}\n[bold]front door listening on {door.address}[/bold] (Ctrl-C stops)")
     try:
@@ -548,6 +549,13 @@ def _door_options(parser: argparse.ArgumentParser, port: int) -> None:
         type=int,
         default=MAX_IN_FLIGHT_FRONTDOOR,
         help=f"batches in flight per owner (default {MAX_IN_FLIGHT_FRONTDOOR})",
+    )
+    parser.add_argument(
+        "--batch-hold-us",
+        type=int,
+        default=0,
+        help="how long an owner batch may wait for more requests while the front door is busy,"
+        " in µs, only when 6 or more are already queued (default 0: off)",
     )
 
 
