@@ -129,10 +129,13 @@ class OwnerConfig:
     # most this many (~1 KB each over a packed record), packed once untouched for warm_idle_s.
     warm_max: int = 20_000
     warm_idle_s: float = 10.0
-    # The owner process's scheduling niceness (None: keep what it was started with). Ray starts
-    # every worker at nice 15 (RAY_worker_niceness): an owner would then lose the CPU to the
-    # PostgreSQL backend its own commit wakes, and to the front doors, whenever they compete.
-    niceness: int | None = 0
+    # The owner process's scheduling niceness; None keeps what Ray started it with (nice 15,
+    # RAY_worker_niceness). Measured on 2 cores (benchmarks/README.md, engineer O): 0 cuts an
+    # owner's preemptions by the PostgreSQL backend its own commit wakes and its CPU per streamed
+    # request (34 -> 31 µs), but unary, bound by the front door, lost 17 % (2,926 -> 2,419 req/s):
+    # owners at full priority answer sooner, in smaller batches, which costs more per request
+    # everywhere. So the default keeps Ray's; set it where owners have cores of their own.
+    niceness: int | None = None
     manager_name: str = MANAGER_NAME
     namespace: str = NAMESPACE
 
