@@ -535,7 +535,8 @@ async def bench(args: argparse.Namespace) -> None:
             for in_flight in (int(m) for m in args.max_in_flight.split(",")):
                 for hold in holds:
                     label = f"{transport}/{in_flight}" + ("" if hold is None else f"/hold{hold}")
-                    hold_us, _, hold_min = (hold or "").partition(":")
+                    hold_us, _, hold_rest = (hold or "").partition(":")
+                    hold_min, _, hold_target = hold_rest.partition(":")
                     doors[label] = await start_frontdoor(
                         port=0,
                         batch_max=args.frontdoor_batch_max,
@@ -545,6 +546,8 @@ async def bench(args: argparse.Namespace) -> None:
                     )
                     if hold_min:  # batchers are built at first use, from these settings
                         doors[label].dispatcher._hold_min = int(hold_min)
+                    if hold_target:
+                        doors[label].dispatcher._hold_target = int(hold_target)
         print(f"front doors (transport/batches in flight per owner): {', '.join(doors)}")
         batches: dict[str, list[Any]] = {label: [] for label in doors}
         for label, door in doors.items():
@@ -628,7 +631,7 @@ async def bench(args: argparse.Namespace) -> None:
                             target=door.address,
                             duration_s=args.duration,
                             transport="unary",
-                            rate=500,
+                            rate=args.latency_rate,
                             subscribers=subscribers,
                         )
                         batches[label].clear()
@@ -636,7 +639,7 @@ async def bench(args: argparse.Namespace) -> None:
                         r = await in_child(_load_child, config)
                         used = meter.stop()
                         p = r.latencies.percentiles()
-                        print(f"open loop 500/s [{label}] {fmt(r)}")
+                        print(f"open loop {args.latency_rate:g}/s [{label}] {fmt(r)}")
                         print(f"  cpu per request: {per_request(used, r.requests)}")
                         trips = sorted(b.seconds for b in batches[label])
                         if trips:
@@ -694,7 +697,7 @@ async def bench(args: argparse.Namespace) -> None:
             print(f"[{label}] unary frontdoor / baseline  {unary_rate / med['unary_baseline']:.2f}")
         if f"latency_p95_ms[{label}]" in med:
             print(
-                f"[{label}] open loop 500/s p50/p95/p99 "
+                f"[{label}] open loop {args.latency_rate:g}/s p50/p95/p99 "
                 + "/".join(f"{med[f'latency_{q}_ms[{label}]']:.1f}" for q in ("p50", "p95", "p99"))
                 + " ms  (target p95 <= 5, p99 <= 10)"
             )
@@ -752,6 +755,9 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=2)
     parser.add_argument("--batch", type=int, default=500, help="requests per stream message")
     parser.add_argument("--window", type=int, default=8, help="batches in flight per stream")
+    parser.add_argument(
+        "--latency-rate", type=float, default=500.0, help="open-loop rate of the latency phase"
+    )
     parser.add_argument("--memory-subscribers", type=int, default=1_000_000)
     parser.add_argument(
         "--frontdoor-batch-max", type=int, default=None, help="front door batch bound per owner"

@@ -19,6 +19,14 @@ idle, so sends fewer, fuller batches, and the owners' and the commit's fixed cos
 spread over more requests. Nothing is scheduled for it: the sender yields (``asyncio.sleep(0)``)
 and looks again. ``hold_s=0`` is the plain one-batch-in-flight rule.
 
+Fill mode (``hold_target``, the front door's default): the same ``hold_min`` test says whether
+the owner is under sustained load (requests queued up during the previous round trip); if so the
+batch waits, on one timer, until ``hold_target`` requests are queued or ``hold_s`` has passed,
+whatever else the loop is doing. On a machine whose cores are shared with the owners and the
+database, "the loop has other work ready" was rarely true even at saturation, so the busy test
+above seldom let batches grow; fill mode does, and a lone request or a light load (fewer than
+``hold_min`` waiting) still leaves at once.
+
 Bounded (DESIGN.md invariant 6): the queue holds at most ``queue_max`` requests; past that,
 :class:`QueueFull` is raised at once (the front door answers RESOURCE_EXHAUSTED) and nothing is
 enqueued. A batch holds at most ``batch_max`` requests. A request whose caller gave up (its
@@ -57,6 +65,13 @@ HOLD_S_LIMIT = 0.1  # the longest a batch may wait for more requests while the l
 # Requests already waiting before a batch may wait for more: with 2, a contended machine at 500
 # req/s formed such queues often enough (7-34 % of batches waited) to add latency; with 6, 0-1 %.
 HOLD_MIN_DEFAULT = 6
+# The front door's default hold: fill mode (``hold_target``). Measured in bench_grpc (unary at 64
+# in flight, 2 owners, interleaved with the hold off): owner batches 7.7 -> 12.0 requests, CPU
+# per request 462 -> 402 µs; at an open-loop 500/s no batch waited (p95 4.3 vs 4.0 ms), and at
+# 2,000/s p95 fell 37 -> 20 ms (less CPU per request, less queueing). benchmarks/README.md.
+FILL_HOLD_S_DEFAULT = 0.003
+FILL_HOLD_MIN_DEFAULT = 3
+FILL_HOLD_TARGET_DEFAULT = 24
 
 
 class LoopProbe:
@@ -90,6 +105,11 @@ def loop_probe(loop: asyncio.AbstractEventLoop) -> LoopProbe:
     if probe is None:
         probe = _probes[loop] = LoopProbe(loop)
     return probe
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class OwnerClient(Protocol):
@@ -137,6 +157,7 @@ class OwnerBatcher:
         hold_min: int = HOLD_MIN_DEFAULT,
         busy: Callable[[], bool] | None = None,
         clock: Callable[[], float] | None = None,
+        hold_target: int = 0,
     ) -> None:
         """``hold_s``, ``hold_min``: flush on idle (module docstring), ``hold_s=0`` = off. ``busy`` and ``clock`` are
         seams for tests: "has the loop other work ready?" (default: the running loop's
@@ -151,6 +172,8 @@ class OwnerBatcher:
             raise ValueError(f"hold_s must be in 0..{HOLD_S_LIMIT} seconds, got {hold_s}")
         if hold_min < 1:
             raise ValueError(f"hold_min must be >= 1, got {hold_min}")
+        if hold_target < 0:
+            raise ValueError(f"hold_target must be >= 0, got {hold_target}")
         self.owner = owner
         self.client = client
         self.queue_max = queue_max
@@ -158,6 +181,8 @@ class OwnerBatcher:
         self.max_in_flight = max_in_flight
         self.hold_s = hold_s
         self.hold_min = hold_min
+        self.hold_target = min(hold_target, batch_max)
+        self._filled: asyncio.Future[None] | None = None  # a fill hold waiting for hold_target
         self._busy = busy
         self._clock = clock
         self._on_batch = on_batch
@@ -184,6 +209,9 @@ class OwnerBatcher:
             raise QueueFull(self.owner, self.queue_max)
         future: asyncio.Future[OwnerReply] = asyncio.get_running_loop().create_future()
         self._queue.append((request, future))
+        filled = self._filled
+        if filled is not None and len(self._queue) >= self.hold_target and not filled.done():
+            filled.set_result(None)
         if not self._starting and len(self._senders) < self.max_in_flight:
             # Every sender is in a call (or there is none): one more may leave now.
             self._starting += 1
@@ -261,6 +289,8 @@ class OwnerBatcher:
         """Let the batch grow while the loop has other work ready, up to ``hold_s`` and
         ``batch_max``; return the seconds waited (0 when the loop was idle: the usual case at
         low load)."""
+        if self.hold_target:
+            return await self._fill()
         if not self.hold_min <= len(self._queue) < self.batch_max:
             return 0.0
         if self._busy is not None:
@@ -271,6 +301,24 @@ class OwnerBatcher:
             return await self._wait_while(probe.busy)
         finally:
             probe.holding -= 1
+
+    async def _fill(self) -> float:
+        """Fill mode (``hold_target``): a batch that finds ``hold_min`` or more requests already
+        waiting (they arrived during the previous round trip: sustained load) waits until
+        ``hold_target`` are queued or ``hold_s`` has passed, on one timer; below ``hold_min``
+        (low load) it leaves at once."""
+        if not self.hold_min <= len(self._queue) < self.hold_target:
+            return 0.0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        filled = self._filled = loop.create_future()
+        timer = loop.call_later(self.hold_s, _resolve, filled)
+        try:
+            await filled
+        finally:
+            timer.cancel()
+            self._filled = None
+        return loop.time() - started
 
     async def _wait_while(self, busy: Callable[[], bool]) -> float:
         if not busy():
@@ -287,6 +335,8 @@ class OwnerBatcher:
     async def close(self) -> None:
         """Stop accepting; fail what is queued as Unavailable; wait for the batches in flight."""
         self._closed = True
+        if self._filled is not None and not self._filled.done():
+            self._filled.set_result(None)
         while self._queue:
             _, future = self._queue.popleft()
             if not future.done():

@@ -219,8 +219,8 @@ async def start_frontdoor(
     ``transport``: how charging batches reach the owners, ``"direct"`` (each owner's channel,
     actors/channel.py) or ``"ray"`` (a Ray actor call per batch). ``max_in_flight``: batches in
     flight per owner (cluster/batching.py). ``batch_hold_s``: how long a batch may wait for more
-    requests while the front door's event loop is busy (flush on idle, cluster/batching.py;
-    None = the batcher's default, 0 = off).
+    requests when its owner is under sustained load (fill mode, cluster/batching.py; None = the
+    default, 3 ms; 0 = off: every batch leaves as soon as the previous one returned).
 
     Also raises this process's collector thresholds (actors/_gc.py, as the owners do): a front
     door allocates a future, a request and an answer per message over a large long-lived heap

@@ -74,7 +74,7 @@ async def _run_frontdoor(args: argparse.Namespace, banner: str) -> None:
         telemetry=telemetry.current(),
         transport=args.owner_transport,
         max_in_flight=args.max_in_flight,
-        batch_hold_s=args.batch_hold_us / 1e6,
+        batch_hold_s=None if args.batch_hold_us is None else args.batch_hold_us / 1e6,
     )
     console.print(f"{banner}\n[bold]front door listening on {door.address}[/bold] (Ctrl-C stops)")
     try:
@@ -553,9 +553,9 @@ def _door_options(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument(
         "--batch-hold-us",
         type=int,
-        default=0,
-        help="how long an owner batch may wait for more requests while the front door is busy,"
-        " in µs, only when 6 or more are already queued (default 0: off)",
+        default=None,
+        help="how long an owner batch may wait to fill up when its owner is under sustained load"
+        " (3 or more requests already queued), in µs (default 3000; 0: off)",
     )
 
 

@@ -59,8 +59,9 @@ from billing.protocol import BalanceResult, CreditControlAnswer, CreditControlRe
 from cluster import convert
 from cluster.batching import (
     BATCH_MAX_DEFAULT,
-    HOLD_MIN_DEFAULT,
-    HOLD_S_DEFAULT,
+    FILL_HOLD_MIN_DEFAULT,
+    FILL_HOLD_S_DEFAULT,
+    FILL_HOLD_TARGET_DEFAULT,
     HOLD_S_LIMIT,
     MAX_IN_FLIGHT_DEFAULT,
     QUEUE_MAX_DEFAULT,
@@ -204,8 +205,9 @@ class Dispatcher:
         max_in_flight: int = MAX_IN_FLIGHT_DEFAULT,
         request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
         telemetry: Telemetry | None = None,
-        hold_s: float = HOLD_S_DEFAULT,
-        hold_min: int = HOLD_MIN_DEFAULT,
+        hold_s: float = FILL_HOLD_S_DEFAULT,
+        hold_min: int = FILL_HOLD_MIN_DEFAULT,
+        hold_target: int = FILL_HOLD_TARGET_DEFAULT,
     ) -> None:
         if not 0.0 <= hold_s <= HOLD_S_LIMIT:  # fail now, not at the first request
             raise ValueError(f"hold_s must be in 0..{HOLD_S_LIMIT} seconds, got {hold_s}")
@@ -218,6 +220,7 @@ class Dispatcher:
         self._max_in_flight = max_in_flight
         self._hold_s = hold_s
         self._hold_min = hold_min
+        self._hold_target = hold_target
         self.request_timeout_s = request_timeout_s
         self._telemetry = telemetry or current_telemetry()
         self._map: ShardMap | None = None
@@ -302,6 +305,7 @@ class Dispatcher:
                 max_in_flight=self._max_in_flight,
                 hold_s=self._hold_s,
                 hold_min=self._hold_min,
+                hold_target=self._hold_target,
                 on_batch=self._on_batch,
                 telemetry=self._telemetry,
             )
