@@ -28,6 +28,8 @@ from collections.abc import Hashable, Iterable, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import orjson
+
 from billing.protocol import PaymentMode, ServiceKind
 from billing.state import Account, Bucket, ShardState, Subscriber
 
@@ -80,6 +82,27 @@ def _us(at: datetime) -> int:
 
 def _at(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
+
+
+_STDLIB_JSON = b"\x00"  # marks counters written by the standard library (see _dump_counters)
+
+
+def _dump_counters(counters: dict[str, int]) -> bytes:
+    """Compact JSON of an account's usage counters: orjson (~0.2 µs against ~3-5 µs for the
+    standard library, which builds an encoder per call with ``separators``). orjson refuses an
+    int beyond 64 bits, and would read one back as a float: such counters are written by the
+    standard library behind a zero byte, and read back by it."""
+    try:
+        return orjson.dumps(counters)
+    except orjson.JSONEncodeError:
+        return _STDLIB_JSON + json.dumps(counters, separators=(",", ":")).encode()
+
+
+def _load_counters(data: bytes) -> dict[str, int]:
+    counters: dict[str, int] = (
+        json.loads(data[1:]) if data[:1] == _STDLIB_JSON else orjson.loads(data)
+    )
+    return counters
 
 
 class _Strings:
@@ -239,7 +262,7 @@ class Directory:
                 )
             if account.usage_counters:
                 flags |= _HAS_COUNTERS
-                counters = json.dumps(account.usage_counters, separators=(",", ":")).encode()
+                counters = _dump_counters(account.usage_counters)
                 parts.append(_COUNT.pack(len(counters)) + counters)
             if buckets:
                 flags |= _HAS_BUCKETS
@@ -280,7 +303,7 @@ class Directory:
             if flags & _HAS_COUNTERS:
                 (size,) = _COUNT.unpack_from(record, offset)
                 offset += _COUNT.size
-                counters = json.loads(record[offset : offset + size])
+                counters = _load_counters(record[offset : offset + size])
                 offset += size
             account = Account(
                 account_id=key,

@@ -39,7 +39,7 @@ def test_packing_knows_every_field_of_the_records() -> None:
     balance=micros,
     credit=micros,
     created=times,
-    counters=st.dictionaries(st.text(max_size=8), st.integers(0, 2**40), max_size=3),
+    counters=st.dictionaries(st.text(max_size=8), st.integers(0, 2**70), max_size=3),
     simple=st.booleans(),
 )
 def test_freeze_and_hydrate_are_lossless(
@@ -175,3 +175,12 @@ def test_domain_runs_on_compact_state(plan_id: str) -> None:
     assert view.balance_micros == 7_000_005
     assert len(view.buckets) == len(plan.version_at(NOW).bundles)
     assert audit(state, journal) == []
+
+
+@pytest.mark.parametrize("value", [0, 2**63 - 1, 2**64 + 1, 10**30 + 7])
+def test_usage_counters_round_trip_as_exact_ints(value: int) -> None:
+    from actors.compact import _dump_counters, _load_counters
+
+    back = _load_counters(_dump_counters({"voice": value, "data": 1}))
+    assert back == {"voice": value, "data": 1}
+    assert all(type(v) is int for v in back.values())  # never a float, even beyond 64 bits
