@@ -9,23 +9,16 @@ then rides the next: about two round trips. Over the direct channel (actors/chan
 cheap, and a second batch in flight lets such a request leave at once; the owner still coalesces
 what reaches it during a commit into one group commit.
 
-Flush on idle (``hold_s``, Nagle-like, not a timer): a batch may wait for more requests only
-under load, i.e. when at least ``hold_min`` requests are already waiting as it could leave (they
-arrived during the previous round trip; a request that finds its owner idle leaves at once, as
-before), and then only while the event loop has other work ready (callbacks or tasks that run
-before it, typically more requests being received), at most ``hold_s`` in all; it leaves at once
-when the loop is otherwise idle or the batch is full. A saturated front door, whose loop is never
-idle, so sends fewer, fuller batches, and the owners' and the commit's fixed cost per batch is
-spread over more requests. Nothing is scheduled for it: the sender yields (``asyncio.sleep(0)``)
-and looks again. ``hold_s=0`` is the plain one-batch-in-flight rule.
-
-Fill mode (``hold_target``, the front door's default): the same ``hold_min`` test says whether
-the owner is under sustained load (requests queued up during the previous round trip); if so the
-batch waits, on one timer, until ``hold_target`` requests are queued or ``hold_s`` has passed,
-whatever else the loop is doing. On a machine whose cores are shared with the owners and the
-database, "the loop has other work ready" was rarely true even at saturation, so the busy test
-above seldom let batches grow; fill mode does, and a lone request or a light load (fewer than
-``hold_min`` waiting) still leaves at once.
+Filling a batch under load (``hold_s``, ``hold_min``, ``hold_target``): when a batch could
+leave and at least ``hold_min`` requests are already waiting (they queued up during the previous
+round trip: the owner is under sustained load), it waits, on one timer, until ``hold_target``
+requests are queued or ``hold_s`` has passed. A lone request or a light load (fewer than
+``hold_min`` waiting) leaves at once, so the latency at low load is that of the plain rule; a
+saturated front door sends fewer, fuller batches, and the owner's and the commit's fixed cost per
+batch is spread over more requests. ``hold_s=0`` (or ``hold_target`` at most ``hold_min``) is the
+plain one-batch-in-flight rule. An earlier variant waited only while the event loop had other
+work ready; on cores shared with the owners and the database that was seldom true even at
+saturation, and batches hardly grew (benchmarks/README.md, session 8).
 
 Bounded (DESIGN.md invariant 6): the queue holds at most ``queue_max`` requests; past that,
 :class:`QueueFull` is raised at once (the front door answers RESOURCE_EXHAUSTED) and nothing is
@@ -44,9 +37,8 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections import deque
-from collections.abc import Callable, Sized
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,51 +52,14 @@ QUEUE_MAX_DEFAULT = 4096
 BATCH_MAX_DEFAULT = 2048  # the owner applies up to 4096 per group commit
 MAX_IN_FLIGHT_DEFAULT = 1
 MAX_IN_FLIGHT_LIMIT = 16  # batches in flight per owner: bounded
-HOLD_S_DEFAULT = 0.0  # flush on idle off unless asked for (see the module docstring)
-HOLD_S_LIMIT = 0.1  # the longest a batch may wait for more requests while the loop is busy
-# Requests already waiting before a batch may wait for more: with 2, a contended machine at 500
-# req/s formed such queues often enough (7-34 % of batches waited) to add latency; with 6, 0-1 %.
-HOLD_MIN_DEFAULT = 6
-# The front door's default hold: fill mode (``hold_target``). Measured in bench_grpc (unary at 64
-# in flight, 2 owners, interleaved with the hold off): owner batches 7.7 -> 12.0 requests, CPU
-# per request 462 -> 402 µs; at an open-loop 500/s no batch waited (p95 4.3 vs 4.0 ms), and at
-# 2,000/s p95 fell 37 -> 20 ms (less CPU per request, less queueing). benchmarks/README.md.
-FILL_HOLD_S_DEFAULT = 0.003
-FILL_HOLD_MIN_DEFAULT = 3
-FILL_HOLD_TARGET_DEFAULT = 24
-
-
-class LoopProbe:
-    """Has a loop other work ready than the batch senders now waiting for fuller batches?
-
-    asyncio's loops keep their ready callbacks as ``_ready``. A sender waiting for more requests
-    yields with ``asyncio.sleep(0)``, which puts it in that queue itself: waiting senders (of
-    every owner, every front door on the loop) are counted in ``holding`` and not taken for
-    work, or two of them would keep each other waiting (and the loop spinning) to the bound. A
-    loop without ``_ready`` (another implementation) is never busy: batches there never wait.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        ready = getattr(loop, "_ready", None)
-        self._ready: Sized | None = ready if isinstance(ready, Sized) else None
-        self.holding = 0  # senders waiting for more requests (each in the ready queue or running)
-
-    def busy(self) -> bool:
-        """Called by a sender counted in ``holding`` (running, so not in the ready queue)."""
-        return self._ready is not None and len(self._ready) >= self.holding
-
-
-_probes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopProbe] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def loop_probe(loop: asyncio.AbstractEventLoop) -> LoopProbe:
-    """The one :class:`LoopProbe` of ``loop`` (shared by its batchers)."""
-    probe = _probes.get(loop)
-    if probe is None:
-        probe = _probes[loop] = LoopProbe(loop)
-    return probe
+HOLD_S_LIMIT = 0.1  # the longest a batch may wait to fill up
+# The front door's defaults, measured in bench_grpc (unary at 64 in flight, 2 owners, interleaved
+# with the hold off): owner batches 7.7 -> 12.0 requests, CPU per request 462 -> 402 µs; at an
+# open-loop 500/s no batch waited (p95 4.3 vs 4.0 ms); at 2,000/s p95 fell 37 -> 20 ms (less CPU
+# per request, less queueing). hold_min 2 or a 5 ms / 32 hold measured no better.
+HOLD_S_DEFAULT = 0.003
+HOLD_MIN_DEFAULT = 3
+HOLD_TARGET_DEFAULT = 24
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -153,15 +108,13 @@ class OwnerBatcher:
         max_in_flight: int = MAX_IN_FLIGHT_DEFAULT,
         on_batch: Callable[[BatchRecord], None] | None = None,
         telemetry: Telemetry | None = None,
-        hold_s: float = HOLD_S_DEFAULT,
+        hold_s: float = 0.0,
         hold_min: int = HOLD_MIN_DEFAULT,
-        busy: Callable[[], bool] | None = None,
-        clock: Callable[[], float] | None = None,
-        hold_target: int = 0,
+        hold_target: int = HOLD_TARGET_DEFAULT,
     ) -> None:
-        """``hold_s``, ``hold_min``: flush on idle (module docstring), ``hold_s=0`` = off. ``busy`` and ``clock`` are
-        seams for tests: "has the loop other work ready?" (default: the running loop's
-        :class:`LoopProbe`) and the time in seconds (default: the loop's clock)."""
+        """``hold_s``, ``hold_min``, ``hold_target``: filling a batch under load (module
+        docstring); ``hold_s=0`` (the default here; the front door's is ``HOLD_S_DEFAULT``) =
+        off."""
         if queue_max < 1 or batch_max < 1:
             raise ValueError(f"queue_max and batch_max must be >= 1, got {queue_max}, {batch_max}")
         if not 1 <= max_in_flight <= MAX_IN_FLIGHT_LIMIT:
@@ -182,9 +135,7 @@ class OwnerBatcher:
         self.hold_s = hold_s
         self.hold_min = hold_min
         self.hold_target = min(hold_target, batch_max)
-        self._filled: asyncio.Future[None] | None = None  # a fill hold waiting for hold_target
-        self._busy = busy
-        self._clock = clock
+        self._filled: asyncio.Future[None] | None = None  # a batch waiting to fill up
         self._on_batch = on_batch
         self._telemetry = telemetry or current_telemetry()
         self._queue: deque[tuple[OwnerRequest, asyncio.Future[OwnerReply]]] = deque()
@@ -286,27 +237,9 @@ class OwnerBatcher:
             self._senders.discard(asyncio.current_task())
 
     async def _hold(self) -> float:
-        """Let the batch grow while the loop has other work ready, up to ``hold_s`` and
-        ``batch_max``; return the seconds waited (0 when the loop was idle: the usual case at
-        low load)."""
-        if self.hold_target:
-            return await self._fill()
-        if not self.hold_min <= len(self._queue) < self.batch_max:
-            return 0.0
-        if self._busy is not None:
-            return await self._wait_while(self._busy)
-        probe = loop_probe(asyncio.get_running_loop())
-        probe.holding += 1
-        try:
-            return await self._wait_while(probe.busy)
-        finally:
-            probe.holding -= 1
-
-    async def _fill(self) -> float:
-        """Fill mode (``hold_target``): a batch that finds ``hold_min`` or more requests already
-        waiting (they arrived during the previous round trip: sustained load) waits until
-        ``hold_target`` are queued or ``hold_s`` has passed, on one timer; below ``hold_min``
-        (low load) it leaves at once."""
+        """Fill the batch under sustained load (module docstring): if ``hold_min`` or more
+        requests are already waiting, wait on one timer until ``hold_target`` are queued or
+        ``hold_s`` has passed. Returns the seconds waited (0 at low load: it leaves at once)."""
         if not self.hold_min <= len(self._queue) < self.hold_target:
             return 0.0
         loop = asyncio.get_running_loop()
@@ -319,18 +252,6 @@ class OwnerBatcher:
             timer.cancel()
             self._filled = None
         return loop.time() - started
-
-    async def _wait_while(self, busy: Callable[[], bool]) -> float:
-        if not busy():
-            return 0.0
-        clock = self._clock or asyncio.get_running_loop().time
-        started = clock()
-        until = started + self.hold_s
-        while True:
-            await asyncio.sleep(0)  # everything ready now runs first; then look again
-            now = clock()
-            if len(self._queue) >= self.batch_max or now >= until or not busy():
-                return now - started
 
     async def close(self) -> None:
         """Stop accepting; fail what is queued as Unavailable; wait for the batches in flight."""

@@ -1,4 +1,4 @@
-"""Fill mode of the batcher's hold (cluster/batching.py, ``hold_target``): under sustained load a
+"""Filling a batch under load (cluster/batching.py, ``hold_s``/``hold_min``/``hold_target``): under sustained load a
 batch waits, on one timer, until ``hold_target`` requests are queued or ``hold_s`` has passed;
 at low load (fewer than ``hold_min`` waiting as it could leave) it leaves at once.
 
@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from actors.messages import Unavailable
-from cluster.batching import BatchRecord, OwnerBatcher
+from cluster.batching import (
+    HOLD_MIN_DEFAULT,
+    HOLD_S_DEFAULT,
+    HOLD_TARGET_DEFAULT,
+    BatchRecord,
+    OwnerBatcher,
+)
+from cluster.frontdoor import Dispatcher
 
 
 class GatedClient:
@@ -119,6 +126,32 @@ def test_closing_releases_a_waiting_batch_and_fails_what_is_queued() -> None:
     asyncio.run(scenario())
 
 
-def test_hold_target_is_checked() -> None:
+def test_hold_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="hold_target"):
         OwnerBatcher("o0", GatedClient(), hold_s=0.001, hold_target=-1)
+    for hold_s in (-0.001, 0.5):
+        with pytest.raises(ValueError, match="hold_s"):
+            OwnerBatcher("o0", GatedClient(), hold_s=hold_s)
+        with pytest.raises(ValueError, match="hold_s"):
+            Dispatcher(None, None, hold_s=hold_s)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="hold_min"):
+        OwnerBatcher("o0", GatedClient(), hold_s=0.001, hold_min=0)
+    with pytest.raises(ValueError, match="hold_min"):
+        Dispatcher(None, None, hold_s=0.001, hold_min=0)  # type: ignore[arg-type]
+
+
+def test_start_frontdoor_checks_the_hold_before_anything_starts() -> None:
+    from cluster.bootstrap import StartupError, start_frontdoor
+
+    with pytest.raises(StartupError, match="batch_hold_s"):
+        asyncio.run(start_frontdoor(batch_hold_s=1.0))
+
+
+def test_the_front_door_fills_batches_by_default() -> None:
+    dispatcher = Dispatcher(None, None)  # type: ignore[arg-type]
+    assert (dispatcher._hold_s, dispatcher._hold_min, dispatcher._hold_target) == (
+        HOLD_S_DEFAULT,
+        HOLD_MIN_DEFAULT,
+        HOLD_TARGET_DEFAULT,
+    )
+    assert HOLD_S_DEFAULT > 0 and HOLD_MIN_DEFAULT < HOLD_TARGET_DEFAULT
