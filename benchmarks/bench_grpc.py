@@ -776,10 +776,10 @@ def main() -> None:
     parser.add_argument(
         "--batch-hold-us",
         default="",
-        help="flush on idle: the longest a batch waits for more requests while the front door"
-        " is busy, in µs, optionally :N requests already queued before it may wait (hold_min,"
-        " cluster/batching.py); several (0,2000,2000:6) start one front door each;"
-        " default: the front door's default",
+        help="filling owner batches under load: the longest a batch waits, in µs, optionally"
+        " :MIN requests already queued before it may wait and :TARGET it waits for (hold_min,"
+        " hold_target, cluster/batching.py); several (0,3000:3:24) start one front door each;"
+        " 0 = off; default: the front door's default",
     )
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(PHASES)}")
     parser.add_argument("--serve-baseline", nargs=3, metavar=("PORT", "DSN", "SUBSCRIBERS"))
