@@ -113,7 +113,13 @@ class OwnerConfig:
     ready_wait_s: float = 2.0  # how long a request waits for a (re)loading owner
     forward_timeout_s: float = 10.0  # a forwarded shared-account request's bound
     sweep_interval_s: float = 1.0  # orphan sweep period
-    answer_retention_s: float = 600.0  # remembered answers older than this are pruned
+    # Remembered answers (retransmissions answered from memory) older than this, or the oldest
+    # beyond answers_max, are forgotten at the next sweep; a flagged retransmission of a forgotten
+    # one is looked up in the database, any other repeat is refused by the journal's unique key.
+    # The count bound keeps memory bounded at any rate: at 20,000 requests/s a 600 s window held
+    # 12 million answers (~0.5 KB each) and the owners' CPU per request grew with it.
+    answer_retention_s: float = 120.0
+    answers_max: int = 100_000
     # Stored answers (PostgreSQL) are kept far longer than in memory, so that a late
     # retransmission still gets its original answer; past this they are deleted, keeping the
     # answers table bounded (the journal's unique key still refuses a second application).
@@ -148,6 +154,7 @@ class OwnerConfig:
             "commits_in_flight",
             "load_chunk_vshards",
             "provision_batch",
+            "answers_max",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -1233,7 +1240,11 @@ class ShardOwner:
         self._sweep_queued = False
         now = _utcnow()
         release_orphans(self._state, now=now)
-        prune_answers(self._state, now - timedelta(seconds=self._config.answer_retention_s))
+        prune_answers(
+            self._state,
+            now - timedelta(seconds=self._config.answer_retention_s),
+            keep_at_most=self._config.answers_max,
+        )
         if await self._commit() is None and not self._needs_load and not self._reload_vshards:
             # Pack what no commit touched for warm_idle_s, and what was made hot otherwise
             # (read, refused, reservation released): every hot subscriber not warm.

@@ -322,17 +322,25 @@ def release_orphans(state: ShardState, *, now: datetime) -> list[str]:
     return [s.session_id for s in released]
 
 
-def prune_answers(state: ShardState, older_than: datetime) -> int:
-    """Forget stored answers (and balance command results) given before ``older_than``, except
-    those of sessions still open.
+def prune_answers(
+    state: ShardState, older_than: datetime, *, keep_at_most: int | None = None
+) -> int:
+    """Forget stored answers (and balance command results) given before ``older_than``, and the
+    oldest beyond ``keep_at_most`` (a bound on memory whatever the request rate), except those of
+    sessions still open.
 
     Answers of open sessions are kept (their retransmissions must still be recognised). Returns
-    how many were pruned. The persistence layer prunes its own copy by the same horizon.
+    how many were pruned. Forgetting an answer here never lets a request apply twice: the owner
+    looks a flagged retransmission (or an out-of-order report) up in the database, and the
+    journal's unique idempotency key refuses any other repeat at commit.
     """
+    if keep_at_most is not None and keep_at_most < 0:
+        raise ValueError(f"keep_at_most must be >= 0, got {keep_at_most}")
     log = state.answer_log
     kept: list[tuple[datetime, str]] = []
     pruned = 0
-    while log and log[0][0] < older_than:
+    limit = len(log) if keep_at_most is None else keep_at_most
+    while log and (log[0][0] < older_than or len(log) + len(kept) > limit):
         entry = log.popleft()
         key = entry[1]
         session_id = key[3 : key.rindex("#")] if key.startswith("cc:") and "#" in key else None

@@ -432,6 +432,23 @@ def test_prune_answers_drops_ended_sessions_past_the_horizon(sc: Scenario) -> No
     assert set(sc.state.answers) == {"cc:s3#0"}
 
 
+def test_prune_answers_keeps_at_most_the_newest_except_open_sessions(sc: Scenario) -> None:
+    sc.subscriber("alice", "payg", balance=5 * EUR)
+    for n in range(4):  # four ended sessions, two answers each, oldest first
+        sc.initial(f"e{n}", "alice", entry(100, request=0))
+        sc.terminate(f"e{n}", 1, "alice", entry(100, used=1))
+        sc.advance(1)
+    sc.initial("open", "alice", entry(100, request=0))  # still open: never pruned
+    horizon = sc.now - timedelta(hours=1)  # nothing is past the time horizon
+    assert prune_answers(sc.state, horizon, keep_at_most=9) == 0
+    assert prune_answers(sc.state, horizon, keep_at_most=5) == 4  # the oldest: e0, e1
+    assert set(sc.state.answers) == {"cc:e2#0", "cc:e2#1", "cc:e3#0", "cc:e3#1", "cc:open#0"}
+    assert prune_answers(sc.state, horizon, keep_at_most=0) == 4
+    assert set(sc.state.answers) == {"cc:open#0"}
+    with pytest.raises(ValueError, match="keep_at_most"):
+        prune_answers(sc.state, horizon, keep_at_most=-1)
+
+
 # --- result codes for what cannot be charged --------------------------------------------------
 
 
