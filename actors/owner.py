@@ -472,10 +472,7 @@ class ShardOwner:
                 return None
         if forwards or joins:
             return None
-        future: asyncio.Future[list[OwnerReply]] = self._loop.create_future()
-        span = tracing.current_span() if tracing.enabled() else None
-        self._push(_Job("requests", requests, future, None, span, vshards))
-        return future
+        return self._queue_requests(requests, vshards)
 
     async def _submit_traced(
         self, requests: Sequence[OwnerRequest], headers: Mapping[str, str]
@@ -753,10 +750,16 @@ class ShardOwner:
         if self._queued + len(items) > self._config.queue_max:
             busy = f"owner {self._name} is busy ({self._queued} requests queued)"
             return [Unavailable(busy)] * len(items)
+        return await self._queue_requests(items, vshards)
+
+    def _queue_requests(
+        self, items: list[Any], vshards: list[int] | None
+    ) -> asyncio.Future[list[OwnerReply]]:
+        """Queue ``items`` as one job for the writer; its future resolves after their commit."""
         future: asyncio.Future[list[OwnerReply]] = self._loop.create_future()
         span = tracing.current_span() if tracing.enabled() else None
         self._push(_Job("requests", items, future, None, span, vshards))
-        return await future
+        return future
 
     def _push(self, job: _Job) -> None:
         self._queue.append(job)

@@ -62,6 +62,16 @@ HOLD_MIN_DEFAULT = 3
 HOLD_TARGET_DEFAULT = 24
 
 
+def check_hold(hold_s: float, hold_min: int, hold_target: int) -> None:
+    """Raise ValueError naming the first hold setting out of range (module docstring)."""
+    if not 0.0 <= hold_s <= HOLD_S_LIMIT:
+        raise ValueError(f"hold_s must be in 0..{HOLD_S_LIMIT} seconds, got {hold_s}")
+    if hold_min < 1:
+        raise ValueError(f"hold_min must be >= 1, got {hold_min}")
+    if hold_target < 0:
+        raise ValueError(f"hold_target must be >= 0, got {hold_target}")
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -121,12 +131,7 @@ class OwnerBatcher:
             raise ValueError(
                 f"max_in_flight must be in 1..{MAX_IN_FLIGHT_LIMIT}, got {max_in_flight}"
             )
-        if not 0.0 <= hold_s <= HOLD_S_LIMIT:
-            raise ValueError(f"hold_s must be in 0..{HOLD_S_LIMIT} seconds, got {hold_s}")
-        if hold_min < 1:
-            raise ValueError(f"hold_min must be >= 1, got {hold_min}")
-        if hold_target < 0:
-            raise ValueError(f"hold_target must be >= 0, got {hold_target}")
+        check_hold(hold_s, hold_min, hold_target)
         self.owner = owner
         self.client = client
         self.queue_max = queue_max

@@ -238,17 +238,6 @@ def units_from_proto(msg: pb.Units, field: str) -> Units:
     return units
 
 
-def units_to_proto(units: Units) -> pb.Units:
-    return pb.Units(
-        time_s=units.time_s,
-        total_octets=units.total_octets,
-        input_octets=units.input_octets,
-        output_octets=units.output_octets,
-        service_units=units.service_units,
-        money_micros=units.money_micros,
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Charging
 # ---------------------------------------------------------------------------------------------
@@ -484,10 +473,10 @@ def request_to_proto(request: CreditControlRequest) -> pb.CreditControlRequest:
         if service.service_identifier is not None:
             entry.service_identifier = service.service_identifier
         if service.requested is not None:
-            entry.requested.CopyFrom(units_to_proto(service.requested))
+            _set_units(entry.requested, service.requested)
         for used in service.used:
             report = entry.used.add()
-            report.units.CopyFrom(units_to_proto(used.units))
+            _set_units(report.units, used.units)
             if used.reporting_reason is not None:
                 report.reporting_reason = _REPORTING_REASON_PB[used.reporting_reason]
             report.tariff_change_usage = _TARIFF_CHANGE_USAGE_PB[used.tariff_change_usage]

@@ -61,7 +61,6 @@ from cluster.batching import (
     BATCH_MAX_DEFAULT,
     HOLD_MIN_DEFAULT,
     HOLD_S_DEFAULT,
-    HOLD_S_LIMIT,
     HOLD_TARGET_DEFAULT,
     MAX_IN_FLIGHT_DEFAULT,
     QUEUE_MAX_DEFAULT,
@@ -69,6 +68,7 @@ from cluster.batching import (
     OwnerBatcher,
     OwnerClient,
     QueueFull,
+    check_hold,
 )
 from cluster.convert import ValidationError
 from cluster.pb import billing_pb2 as pb
@@ -209,10 +209,7 @@ class Dispatcher:
         hold_min: int = HOLD_MIN_DEFAULT,
         hold_target: int = HOLD_TARGET_DEFAULT,
     ) -> None:
-        if not 0.0 <= hold_s <= HOLD_S_LIMIT:  # fail now, not at the first request
-            raise ValueError(f"hold_s must be in 0..{HOLD_S_LIMIT} seconds, got {hold_s}")
-        if hold_min < 1:
-            raise ValueError(f"hold_min must be >= 1, got {hold_min}")
+        check_hold(hold_s, hold_min, hold_target)  # fail now, not at the first request
         self._maps = maps
         self._owners = owners
         self._queue_max = queue_max

@@ -38,18 +38,17 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from billing.protocol import BalanceResult, CreditControlAnswer
 from billing.state import Bucket, Changes, ShardState
 from sharding import _sql as q
-from sharding._codec import dumps
 from sharding._rows import (
     ACCOUNTS,
     BUCKETS,
     JOURNAL,
     SESSIONS,
     SUBSCRIBERS,
-    answer_data,
-    balance_result_data,
     batch_json,
     decode_answer,
     decode_balance_result,
+    encode_answer,
+    encode_balance_result,
 )
 
 __all__ = [
@@ -747,11 +746,10 @@ def encode_writes(changes: Changes) -> list[tuple[bytes, str]]:
     if changes.answers or changes.balance_results:
         # Each answer as its own JSON text, stored as sent (q.SQL_ANSWERS).
         answers: list[tuple[int, str, str, str]] = [
-            (v, key, "cc", dumps(answer_data(answer)))
-            for key, (v, answer) in changes.answers.items()
+            (v, key, "cc", encode_answer(answer)) for key, (v, answer) in changes.answers.items()
         ]
         answers += [
-            (v, key, "balance", dumps(balance_result_data(result)))
+            (v, key, "balance", encode_balance_result(result))
             for key, (v, result) in changes.balance_results.items()
         ]
         writes.append((q.SQL_ANSWERS, batch_json(answers)))
