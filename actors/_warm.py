@@ -18,7 +18,7 @@ No I/O, no clock reads: times are passed in (``time.monotonic()`` in the owner).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, KeysView
+from collections.abc import Callable, Collection, Iterable, KeysView
 
 
 class WarmSet:
@@ -53,28 +53,23 @@ class WarmSet:
         limit = self.limit
         if len(at) <= limit:
             return []
-        out: list[str] = []
-        kept: list[tuple[str, float]] = []
-        while at and len(at) + len(kept) > limit:
-            key, when = at.popitem(last=False)
-            if key in busy:
-                kept.append((key, when))
-            else:
-                out.append(key)
-        for key, when in reversed(kept):  # back at the old end, in their order
-            at[key] = when
-            move(key, last=False)
-        return out
+        return self._take_oldest(busy, lambda _when, kept: len(at) + kept > limit)
 
     def idle(self, now: float, busy: Collection[str]) -> list[str]:
         """Remove and return the keys committed ``idle_s`` or longer ago (not in ``busy``)."""
-        at = self._at
         cutoff = now - self.idle_s
+        return self._take_oldest(busy, lambda when, _kept: when <= cutoff)
+
+    def _take_oldest(self, busy: Collection[str], more: Callable[[float, int], bool]) -> list[str]:
+        """Remove keys from the least recently committed end while ``more(committed at, keys
+        kept so far)``; return them, except those in ``busy``, which stay, back at that end in
+        their order."""
+        at = self._at
         out: list[str] = []
         kept: list[tuple[str, float]] = []
         while at:
             key, when = next(iter(at.items()))
-            if when > cutoff:
+            if not more(when, len(kept)):
                 break
             del at[key]
             if key in busy:
