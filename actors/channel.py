@@ -349,9 +349,9 @@ class ChannelServer:
         replies: Sequence[Any] | None,
         error: BaseException | None,
     ) -> None:
-        """Write a REPLY (or FAILED) frame without a task; the call's slot is released once
-        the transport has taken it (at once unless its buffer is over the high-water mark:
-        then after a drain, as :meth:`_call` does)."""
+        """Write a call's REPLY (or FAILED) frame; the call's slot is released once the
+        transport has taken it (at once unless its buffer is over the high-water mark: then
+        after a drain, in a task of its own)."""
         frame = self._frame(call_id, replies, error)
         transport = writer.transport
         if transport.is_closing():
@@ -403,22 +403,17 @@ class ChannelServer:
         headers: dict[str, str] | None = None,
     ) -> None:
         try:
-            try:
-                if headers is not None and self._traced is not None:
-                    replies = await self._traced(requests, headers)
-                else:
-                    replies = await self._handler(requests)
-                frame = self._frame(call_id, replies, None)
-            except Exception as error:  # the caller learns the outcome is unknown
-                frame = self._frame(call_id, None, error)
-            if writer.transport.is_closing():
-                return  # the front door left: the reply is dropped (it retries with the key)
-            writer.write(frame)
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
+            if headers is not None and self._traced is not None:
+                replies = await self._traced(requests, headers)
+            else:
+                replies = await self._handler(requests)
+        except Exception as error:  # the caller learns the outcome is unknown
+            self._write_reply(writer, call_id, slots, None, error)
+        except BaseException:  # cancelled (the server closing): no reply
             slots.release()
+            raise
+        else:
+            self._write_reply(writer, call_id, slots, replies, None)
 
 
 def _log_start_failure(future: asyncio.Future[Endpoint]) -> None:
