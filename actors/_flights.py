@@ -144,11 +144,12 @@ def take_independent(
 @dataclass(eq=False)
 class Flight:
     """One batch whose commit is in flight: its jobs, their replies once committed, and the
-    keys no other batch may touch until it settles."""
+    keys no other batch may touch until it settles (None until some other batch needs them:
+    the owner works them out from ``jobs`` and ``changes`` then)."""
 
     jobs: list[Any]
     results: list[list[OwnerReply]]
     changes: Changes
-    keys: set[str]
+    keys: set[str] | None
     task: asyncio.Task[None] | None = None
     error: Any = None  # the owner's _CommitError when the commit failed

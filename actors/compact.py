@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
-from collections.abc import Hashable, Iterable, Iterator, MutableMapping
+from collections.abc import Collection, Hashable, Iterable, Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -389,8 +389,17 @@ class Directory:
             frozen += 1
         return frozen
 
-    def freeze_all(self, *, keep: set[str] | frozenset[str] = frozenset()) -> int:
-        return self.freeze(list(self.hot_subscribers), keep=keep)
+    def freeze_all(
+        self,
+        *,
+        keep: set[str] | frozenset[str] = frozenset(),
+        also_keep: Collection[str] = frozenset(),
+    ) -> int:
+        """:meth:`freeze` every hot pair except those in ``keep`` or ``also_keep`` (the owner's
+        warm set: thousands of keys, looked up as they are instead of copied into ``keep``
+        every sweep)."""
+        loose = [k for k in self.hot_subscribers if k not in also_keep and k not in keep]
+        return self.freeze(loose, keep=keep)
 
     def absorb(
         self,

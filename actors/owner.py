@@ -824,9 +824,11 @@ class ShardOwner:
                 self._wakeup.clear()  # woken when a commit settles
                 await self._wakeup.wait()
                 continue
+            elif not self._flights:  # nothing to be independent of: take, keys left for later
+                jobs, keys = self._take(), None
             else:
                 jobs, keys = take_independent(
-                    self._queue, self._busy, self._config.batch_max, self._keys_of
+                    self._queue, self._busy_keys(), self._config.batch_max, self._keys_of
                 )
                 if not jobs:  # everything queued waits for a commit in flight
                     self._wakeup.clear()
@@ -887,9 +889,15 @@ class ShardOwner:
         self._queue.extendleft(reversed(jobs))
         self._queued += sum(len(job.items) for job in jobs)
 
-    def _launch(self, jobs: list[_Job], keys: set[str]) -> None:
+    def _launch(self, jobs: list[_Job], keys: set[str] | None) -> None:
         """Apply ``jobs`` (independent of every commit in flight) and start their commit; the
-        callers are answered when it settles (:meth:`_fly`)."""
+        callers are answered when it settles (:meth:`_fly`).
+
+        ``keys`` are the jobs' keys (actors/_flights.py) when they were needed to take them; None
+        when nothing was in flight: the flight's keys are then worked out only if another batch
+        is taken, or another commit settles, while it is in flight (:meth:`_busy_keys`). Under
+        one batch at a time (a front door's usual unary load) that is never: no set is built.
+        """
         results, failed = self._apply(jobs)
         if failed is not None:
             self._drop_step(jobs, results, failed)
@@ -899,9 +907,11 @@ class ShardOwner:
             for job, replies in zip(jobs, results, strict=True):
                 self._resolve(job, replies)
             return
-        changes_keys(changes, keys)
-        flight = Flight(jobs, results, changes, keys)
-        self._busy |= keys
+        flight = Flight(jobs, results, changes, None)
+        if keys is not None:
+            changes_keys(changes, keys)
+            flight.keys = keys
+            self._busy |= keys
         self._flights.append(flight)
         flight.task = self._loop.create_task(self._fly(flight))
 
@@ -914,7 +924,7 @@ class ShardOwner:
             flight.error = await self._store_commit(changes, flight.jobs)
             if flight.error is None:
                 self._commits += 1
-                self._committed(changes)
+                self._committed(changes, self._busy_keys(but=flight))
                 for job, replies in zip(flight.jobs, flight.results, strict=True):
                     self._resolve(job, replies)
         except BaseException:  # cancelled (shutdown): nothing acknowledged
@@ -923,13 +933,30 @@ class ShardOwner:
             raise
         finally:
             self._flights.remove(flight)
-            self._busy -= flight.keys
+            if flight.keys is not None:
+                self._busy -= flight.keys
             error = flight.error
             if error is not None:
                 self._failed.append(flight)
                 if error.duplicate is None:  # answered now: nothing of it is acknowledged
                     self._resolve_after(flight.jobs, flight.results, error)
             self._wakeup.set()
+
+    def _busy_keys(self, but: Flight | None = None) -> set[str]:
+        """The keys of the commits in flight (less ``but``'s), working out those not known yet
+        (:meth:`_launch`). Keys are disjoint between flights (each was taken independent of
+        the others), so a settled flight's are simply removed again."""
+        busy = self._busy
+        for flight in self._flights:
+            if flight.keys is None and flight is not but:
+                keys: set[str] = set()
+                self._keys_of(itertools.chain.from_iterable(j.items for j in flight.jobs), keys)
+                changes_keys(flight.changes, keys)
+                flight.keys = keys
+                busy |= keys
+        if but is not None and but.keys:
+            return busy - but.keys
+        return busy
 
     async def _drain(self) -> None:
         """Wait until no commit is in flight."""
@@ -1180,11 +1207,12 @@ class ShardOwner:
             del changes.subscribers[sid]
         return changes
 
-    def _committed(self, changes: Changes) -> None:
+    def _committed(self, changes: Changes, busy: set[str]) -> None:
         """``changes`` were just committed: pack what they provisioned (no reason to expect it
         back soon: bulk provisioning stays packed), keep the accounts they charged hot (warm,
         actors/_warm.py), packing the least recently committed past ``warm_max`` (never a key
-        of a commit still in flight: ``_busy``)."""
+        of another commit still in flight: ``busy``; the keys of ``changes`` themselves are
+        durable now, and no other commit in flight touches them)."""
         directory, guests = self._directory, self._guests
         created = changes.subscribers
         if created:
@@ -1192,7 +1220,7 @@ class ShardOwner:
             charged: Iterable[str] = [a for a in changes.accounts if a not in created]
         else:
             charged = changes.accounts
-        cold = self._warm.committed(charged, time.monotonic(), self._busy)
+        cold = self._warm.committed(charged, time.monotonic(), busy)
         if cold:
             directory.freeze(cold, keep=guests)
 
@@ -1236,7 +1264,7 @@ class ShardOwner:
             self._discard(changes, error.message, lost=error.lost_vshard)
             return error
         self._commits += 1
-        self._committed(changes)
+        self._committed(changes, self._busy)
         return None
 
     async def _sweep(self) -> None:
@@ -1252,7 +1280,7 @@ class ShardOwner:
             # Pack what no commit touched for warm_idle_s, and what was made hot otherwise
             # (read, refused, reservation released): every hot subscriber not warm.
             self._directory.freeze(self._warm.idle(time.monotonic(), self._busy), keep=self._guests)
-            self._directory.freeze_all(keep=self._guests.union(self._warm.keys()))
+            self._directory.freeze_all(keep=self._guests, also_keep=self._warm.keys())
         await self._prune_stored_answers(time.monotonic())
 
     async def _prune_stored_answers(self, monotonic_s: float) -> None:

@@ -276,6 +276,45 @@ def test_a_request_on_a_busy_shared_account_waits_and_applies_after(
     aio.run(scenario())
 
 
+def test_a_lone_commits_keys_are_worked_out_only_when_another_batch_is_taken(
+    pg_dsn: str, aio: asyncio.Runner
+) -> None:
+    """With nothing else in flight a batch is taken without building its keys (the usual
+    one-batch-at-a-time load); they are built once another batch must be checked against it,
+    which then still waits if it depends on it, and are forgotten when it settles."""
+
+    async def scenario() -> None:
+        owner, gate = await _start(pg_dsn)
+        try:
+            a, b = _same_vshard_pair()
+            await _provision(
+                owner,
+                ProvisionRequest(a, "payg", initial_balance_micros=BALANCE),
+                ProvisionRequest(b, "payg", initial_balance_micros=BALANCE),
+            )
+            gate.hold(a)
+            first = _submit(owner, _sms(a, "1"))
+            await _within(gate.waiting[a].wait())
+            [flight] = owner._flights
+            assert flight.keys is None  # nothing else in flight: no keys built
+            second = _submit(owner, _sms(a, "2"))  # a again: must wait for the first
+            [third] = await _within(owner.submit([_sms(b, "3")]))  # independent: goes by
+            assert isinstance(third, Answered)
+            assert flight.keys is not None
+            assert {a, _sms(a, "1").request.idempotency_key} <= flight.keys
+            assert not second.done()
+            gate.held[a].set()
+            [r1], [r2] = await _within(first), await _within(second)
+            assert isinstance(r1, Answered) and isinstance(r2, Answered)
+            assert owner._flights == [] and owner._busy == set()
+            assert await _balance(owner, a) == await _db_balance(pg_dsn, a) < BALANCE
+            assert await _audit(pg_dsn) == []
+        finally:
+            await owner.shutdown()
+
+    aio.run(scenario())
+
+
 def test_a_failed_commit_beside_one_in_flight_acknowledges_nothing_of_it(
     pg_dsn: str, aio: asyncio.Runner
 ) -> None:
