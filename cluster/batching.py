@@ -25,6 +25,13 @@ Bounded (DESIGN.md invariant 6): the queue holds at most ``queue_max`` requests;
 enqueued. A batch holds at most ``batch_max`` requests. A request whose caller gave up (its
 future was cancelled, e.g. by a deadline) before its batch left is dropped, not sent.
 
+Deadlines of the requests waiting for their owner (:class:`Deadlines`): one loop timer for all
+of them instead of one per request. Each request's future is filed under the first tick of
+``tick_s`` that ends after its deadline; the timer, armed at the earliest filed tick, fails what
+is still pending there. A future is never failed before its deadline, and at most one tick after
+it. (A loop timer per request costs a TimerHandle and pushes into asyncio's heap of timers, whose
+comparisons are Python calls; here a request costs a dict lookup and a set insertion.)
+
 The owner is reached through :class:`OwnerClient`, a seam: the Ray actor handle in production,
 an in-process fake in unit tests. A failed call (actor dead or restarting, Ray error) becomes
 :class:`Unavailable` for every request of the batch: nothing is known to be acknowledged, so the
@@ -35,18 +42,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from actors.messages import OwnerReply, OwnerRequest, Unavailable
 from cluster.telemetry import Telemetry
 from cluster.telemetry import current as current_telemetry
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 QUEUE_MAX_DEFAULT = 4096
 BATCH_MAX_DEFAULT = 2048  # the owner applies up to 4096 per group commit
@@ -70,6 +79,81 @@ def check_hold(hold_s: float, hold_min: int, hold_target: int) -> None:
         raise ValueError(f"hold_min must be >= 1, got {hold_min}")
     if hold_target < 0:
         raise ValueError(f"hold_target must be >= 0, got {hold_target}")
+
+
+DEADLINE_TICK_S = 0.01  # how late, at most, Deadlines fails a future after its deadline
+
+
+class Deadlines(Generic[_T]):
+    """Fails pending futures whose deadline has passed, with one loop timer for all of them.
+
+    ``add(future, deadline)`` files ``future`` (``deadline`` in loop time) under the first tick
+    that ends after the deadline and returns that tick; ``discard(future, tick)`` takes it out
+    again (its caller has its answer). When a tick's time comes, every future filed there and not
+    done yet is passed to ``expire`` (which fails it). Never before the deadline; at most
+    ``tick_s`` after it. One asyncio event loop (the one running when ``add`` is first called).
+    """
+
+    def __init__(
+        self, expire: Callable[[asyncio.Future[_T]], None], tick_s: float = DEADLINE_TICK_S
+    ) -> None:
+        if not tick_s > 0:
+            raise ValueError(f"tick_s must be > 0, got {tick_s}")
+        self._expire = expire
+        self._tick_s = tick_s
+        self._filed: dict[int, set[asyncio.Future[_T]]] = {}
+        self._ticks: list[int] = []  # heap of the filed ticks (ints: compared in C)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed = 0  # the tick the timer is set for (when there is one)
+
+    def __len__(self) -> int:
+        """Futures filed and not discarded (done ones included until their tick comes)."""
+        return sum(len(futures) for futures in self._filed.values())
+
+    def add(self, future: asyncio.Future[_T], deadline: float) -> int:
+        tick = int(deadline / self._tick_s) + 1  # ends strictly after the deadline
+        futures = self._filed.get(tick)
+        if futures is None:
+            futures = self._filed[tick] = set()
+            heapq.heappush(self._ticks, tick)
+            if self._timer is None or tick < self._armed:
+                self._arm(tick)
+        futures.add(future)
+        return tick
+
+    def discard(self, future: asyncio.Future[_T], tick: int) -> None:
+        futures = self._filed.get(tick)
+        if futures is not None:
+            futures.discard(future)  # an emptied tick is dropped when its time comes
+
+    def _arm(self, tick: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._armed = tick
+        self._timer = self._loop.call_at(tick * self._tick_s, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        assert self._loop is not None
+        now = self._loop.time()
+        ticks = self._ticks
+        while ticks and ticks[0] * self._tick_s <= now:
+            for future in self._filed.pop(heapq.heappop(ticks), ()):
+                if not future.done():
+                    self._expire(future)
+        if ticks:  # the next tick (or this one again, if the clock is a hair short of it)
+            self._arm(ticks[0])
+
+    def close(self) -> None:
+        """Forget every filed future and stop the timer (nothing is failed)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._filed.clear()
+        self._ticks.clear()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -65,6 +65,7 @@ from cluster.batching import (
     MAX_IN_FLIGHT_DEFAULT,
     QUEUE_MAX_DEFAULT,
     BatchRecord,
+    Deadlines,
     OwnerBatcher,
     OwnerClient,
     QueueFull,
@@ -224,6 +225,8 @@ class Dispatcher:
         self._batchers: dict[str, OwnerBatcher] = {}
         self._refreshing: asyncio.Future[ShardMap] | None = None
         self._poller: asyncio.Task[None] | None = None
+        # Every attempt's deadline, on one loop timer (cluster/batching.py).
+        self._deadlines: Deadlines[OwnerReply] = Deadlines(_expire)
         self.stats = DispatchStats()
         self._telemetry.observe_queues(self.queue_depths)
 
@@ -249,6 +252,7 @@ class Dispatcher:
                 await self._poller
         for batcher in list(self._batchers.values()):
             await batcher.close()
+        self._deadlines.close()
         close_owners = getattr(self._owners, "close", None)  # connections of the direct channel
         if close_owners is not None:
             await close_owners()
@@ -361,10 +365,11 @@ class Dispatcher:
             except QueueFull as full:
                 self.stats.overloaded += 1
                 raise Overloaded(str(full)) from None
-            # The deadline as one timer that fails the future (cheaper than asyncio.timeout's
-            # context per request, and no extra task, unlike wait_for): a request still queued
-            # is then dropped from its batch, as one whose caller gave up.
-            timer = loop.call_at(deadline, _expire, future)
+            # The deadline fails the future (filed with every other attempt's under one loop
+            # timer: cheaper than a timer, or asyncio.timeout's context, per request; no extra
+            # task, unlike wait_for): a request still queued is then dropped from its batch, as
+            # one whose caller gave up.
+            tick = self._deadlines.add(future, deadline)
             try:
                 reply: OwnerReply = await future
             except _DeadlinePassed:
@@ -375,7 +380,7 @@ class Dispatcher:
                     " retry with the same idempotency key"
                 ) from None
             finally:
-                timer.cancel()
+                self._deadlines.discard(future, tick)
             if isinstance(reply, (Answered, Rejected)):
                 return reply
             if isinstance(reply, NotOwner):
