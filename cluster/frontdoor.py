@@ -323,6 +323,15 @@ class Dispatcher:
         shard_map = self.shard_map
         return shard_map.owner_of(vshard_of(routing_key, shard_map.vshard_count))
 
+    def expire_at(self, future: asyncio.Future[OwnerReply], deadline: float) -> int:
+        """Fail ``future`` (with an exception) once ``deadline`` (loop time) has passed, unless
+        it is done by then; returns the tick to hand to :meth:`forget_deadline` (callers that
+        batch: a request still queued is then dropped from its batch)."""
+        return self._deadlines.add(future, deadline)
+
+    def forget_deadline(self, future: asyncio.Future[OwnerReply], tick: int) -> None:
+        self._deadlines.discard(future, tick)
+
     def submit_once(self, request: OwnerRequest) -> asyncio.Future[OwnerReply]:
         """One attempt without retries: the future of the owner's reply (callers that batch).
 
@@ -467,7 +476,8 @@ def _rejection_text(rejected: Rejected) -> str:
 # aborted at the same instant raced that cancellation, and gRPC logged the lost race as an
 # ExecuteBatchError at ERROR level (seen in chaos runs and in test_client_deadline_ends_the_call_
 # quietly, about one run in four). With the margin, gRPC's cancellation comes first; the timer
-# stays as the bound for a call whose cancellation did not reach the handler.
+# stays as the bound for a call whose cancellation did not reach the handler. (The dispatcher's
+# deadlines fire up to one tick, batching.DEADLINE_TICK_S, later still: never sooner.)
 _AFTER_CLIENT_DEADLINE_S = 0.05
 
 
@@ -645,7 +655,7 @@ class ChargingService(pb_grpc.ChargingServicer):
         """Answers in completion order; at most STREAM_IN_FLIGHT_MAX requests in flight.
 
         The first attempt costs no task: the request goes straight into its owner's batcher and
-        a callback delivers the answer (a timer bounds it by the deadline). Only NotOwner or
+        a callback delivers the answer (the dispatcher's deadlines bound it). Only NotOwner or
         Unavailable replies take the retrying path of :meth:`Dispatcher.call`.
         """
         loop = asyncio.get_running_loop()
@@ -675,11 +685,12 @@ class ChargingService(pb_grpc.ChargingServicer):
             request: CreditControlRequest,
             started: float,
             budget: float,
-            timer: asyncio.TimerHandle,
+            tick: int,
             future: asyncio.Future[OwnerReply],
         ) -> None:
-            timer.cancel()
-            if future.cancelled():  # the deadline passed before the owner answered
+            self._dispatcher.forget_deadline(future, tick)
+            # Failed (or cancelled): the deadline passed before the owner answered.
+            if future.cancelled() or future.exception() is not None:
                 deliver(
                     convert.error_answer(
                         request.session_id,
@@ -725,8 +736,8 @@ class ChargingService(pb_grpc.ChargingServicer):
             except DispatchError:
                 spawn_retry(request, started, budget)
                 return
-            timer = loop.call_later(budget, future.cancel)
-            future.add_done_callback(partial(on_reply, request, started, budget, timer))
+            tick = self._dispatcher.expire_at(future, loop.time() + budget)
+            future.add_done_callback(partial(on_reply, request, started, budget, tick))
 
         async def reader() -> None:
             try:
