@@ -1,0 +1,13 @@
+-- 0005: drop the journal_account index. Never edit once landed.
+--
+-- journal_account (vshard, account_id) was made by 0001 for per-account reads of the journal,
+-- and nothing reads the journal that way: the conservation audit (sharding/_sql.py
+-- AUDIT_QUERIES, failover/audit.py) reads the whole journal and groups it, the applied-keys
+-- lookup uses the primary key, and no statement or bill-run code exists yet. Every journal
+-- line paid for it in every commit: an index insert at a random place (an account id, not an
+-- ever-growing key), so the whole index is the working set, a leaf page split or a full-page
+-- image after a checkpoint lands anywhere in it. Measured with commits shaped like the unary
+-- load (benchmarks/bench_commit_mix.py; benchmarks/README.md, "Session 9: PostgreSQL (P)").
+-- Per-account reads that need it (statements, bill runs) should come with their own index,
+-- made then (CREATE INDEX CONCURRENTLY), shaped for what they read.
+DROP INDEX IF EXISTS journal_account;
