@@ -120,6 +120,8 @@ def apply_one(
     so the owner drops the batch and reloads.
     """
     try:
+        if vshard is not None and type(item) is ChargeRequest:
+            return _apply_charge(step, item, vshard)  # the usual request, already classified
         if isinstance(item, Forwarded):
             return _apply_forwarded(step, item)
         if isinstance(item, JoinRemote):
@@ -133,6 +135,19 @@ def apply_one(
         return _reject(exc)
     except Exception as exc:
         raise InternalError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _apply_charge(step: Step, item: ChargeRequest, vshard: int) -> OwnerReply:
+    """:func:`_apply_request` then :func:`_apply_local` for a charging request of ``vshard``,
+    in one call (the same checks in the same order: the vshard held, the account held)."""
+    if vshard not in step.epochs:
+        return NotOwner(vshard, step.map_version)
+    request = item.request
+    state = step.state
+    subscriber = state.subscribers.get(request.subscriber_id)
+    if subscriber is not None and subscriber.account_vshard not in step.epochs:
+        return Unavailable(f"account of {request.subscriber_id!r} is not held here; retry")
+    return Answered(handle(state, request, now=step.now, catalog=step.catalog))
 
 
 def _account_here(step: Step, subscriber: Subscriber) -> bool:

@@ -452,10 +452,12 @@ class SubscriberMap(MutableMapping[str, Subscriber]):
         return found
 
     def get(self, key: str, default: Subscriber | None = None) -> Subscriber | None:  # type: ignore[override]
-        try:
-            return self[key]
-        except KeyError:
-            return default
+        """``__getitem__`` without the KeyError: the domain's usual lookup, several per request."""
+        directory = self._d
+        found = directory.hot_subscribers.get(key)
+        if found is None and directory.hydrate(key):
+            found = directory.hot_subscribers.get(key)
+        return default if found is None else found
 
     def __contains__(self, key: object) -> bool:
         return key in self._d.hot_subscribers or key in self._d.cold
@@ -496,10 +498,15 @@ class AccountMap(MutableMapping[str, Account]):
         return found
 
     def get(self, key: str, default: Account | None = None) -> Account | None:  # type: ignore[override]
-        try:
-            return self[key]
-        except KeyError:
-            return default
+        """``__getitem__`` without the KeyError: the domain's usual lookup, several per request."""
+        directory = self._d
+        found = directory.hot_accounts.get(key)
+        if found is None:
+            record = directory.cold.get(key)
+            if record is not None and record[0] & _HAS_ACCOUNT:
+                directory.hydrate(key)
+                found = directory.hot_accounts.get(key)
+        return default if found is None else found
 
     def __contains__(self, key: object) -> bool:
         if key in self._d.hot_accounts:

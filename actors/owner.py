@@ -940,7 +940,11 @@ class ShardOwner:
                 self._failed.append(flight)
                 if error.duplicate is None:  # answered now: nothing of it is acknowledged
                     self._resolve_after(flight.jobs, flight.results, error)
-            self._wakeup.set()
+            if error is not None or self._queue:
+                # The writer waits on a settle only with work queued (blocked by this commit,
+                # or by the bound on commits in flight) or a failure to handle; with nothing
+                # queued, the next push wakes it (one task switch fewer per batch).
+                self._wakeup.set()
 
     def _busy_keys(self, but: Flight | None = None) -> set[str]:
         """The keys of the commits in flight (less ``but``'s), working out those not known yet

@@ -220,6 +220,10 @@ async def bench(args: argparse.Namespace) -> None:
                     + "  ".join(f"{k} {v:8.1f}" for k, v in row.items()),
                     flush=True,
                 )
+        meter.start()  # no load: what the owners burn by themselves (Ray's threads, sweeps)
+        await asyncio.sleep(args.duration)
+        idle = meter.stop().get("owners", 0.0) / args.duration / len(owners) * 1e3
+        print(f"idle owners: {idle:.1f} ms CPU per second each")
         print("## medians")
         for phase, rows in figures.items():
             print(
