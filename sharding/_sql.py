@@ -19,10 +19,20 @@ SQL_LOAD_BUCKETS = (
     BUCKETS.select_sql()
     + " AND NOT (expires_at IS NOT NULL AND expires_at <= COALESCE(%s::timestamptz, now()) AND units = 0 AND reserved_units = 0)"
 ).encode()
+# The answers a new owner remembers: the newest ones of the horizon, at most a given number (NULL:
+# all), and each open session's last answer whatever its age (its retransmission must still be
+# recognised, as the owner's own pruning keeps them). Oldest first, as the answer log is kept.
 SQL_LOAD_ANSWERS = (
-    b"SELECT idempotency_key, kind, answer, committed_at FROM answers"
+    b"SELECT idempotency_key, kind, answer, committed_at FROM ("
+    b"(SELECT idempotency_key, kind, answer, committed_at FROM answers"
     b" WHERE vshard = ANY(%s) AND committed_at >= now() - %s"
-    b" ORDER BY committed_at, idempotency_key"
+    b" ORDER BY committed_at DESC, idempotency_key DESC LIMIT %s)"
+    b" UNION"
+    b" (SELECT a.idempotency_key, a.kind, a.answer, a.committed_at FROM sessions s"
+    b" JOIN answers a ON a.vshard = s.vshard"
+    b" AND a.idempotency_key = 'cc:' || s.session_id || '#' || (s.next_request_number - 1)"
+    b" WHERE s.vshard = ANY(%s))"
+    b") recent ORDER BY committed_at, idempotency_key"
 )
 # Which of the given (vshard, idempotency key) pairs were applied already: the stored answer if
 # the answers table still holds it, and whether the journal has lines for it (it never forgets).

@@ -156,6 +156,8 @@ class Store:
     Keyword arguments: pool sizes; ``timeout_s`` is how long a call waits for a connection before
     :class:`StoreUnavailable`; ``answer_horizon`` is how far back :meth:`load` reads answers
     (idempotency for retries; older keys are still refused by the journal's unique key);
+    ``answer_load_max`` bounds how many of those it reads (the newest; None: all of the
+    horizon), besides each open session's last answer, read whatever its age;
     ``max_commit_rows`` bounds one commit (invariant 6: a bigger one is refused, not tried);
     ``writers`` is how many commits may run at once, each on a connection of its own.
     """
@@ -168,6 +170,7 @@ class Store:
         max_size: int = 4,
         timeout_s: float = 10.0,
         answer_horizon: timedelta = timedelta(days=1),
+        answer_load_max: int | None = None,
         max_commit_rows: int = 200_000,
         writers: int = 2,
     ) -> None:
@@ -175,6 +178,8 @@ class Store:
             raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
         if writers < 1:
             raise ValueError(f"writers must be >= 1, got {writers}")
+        if answer_load_max is not None and answer_load_max < 0:
+            raise ValueError(f"answer_load_max must be >= 0 or None, got {answer_load_max}")
         self.dsn = dsn
         self.writers = writers
         self._timeout_s = timeout_s
@@ -187,6 +192,7 @@ class Store:
         # (found by open()), else ``dsn``.
         self._writer_dsn = dsn
         self.answer_horizon = answer_horizon
+        self.answer_load_max = answer_load_max
         self.max_commit_rows = max_commit_rows
         self._citus = False
         self._returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
@@ -327,7 +333,7 @@ class Store:
         self, vshards: Sequence[int], state: ShardState, *, now: datetime | None = None
     ) -> None:
         """Read the vshards' subscribers, accounts, buckets, open sessions (with reservations)
-        and recent answers and balance results into ``state`` (added to what it holds;
+        and recent answers and balance results (see ``answer_load_max``) into ``state`` (added to what it holds;
         ``pending`` untouched). One REPEATABLE READ snapshot, so the parts agree.
 
         ``now`` is the domain's time (default: the database's clock): buckets that expired by
@@ -369,7 +375,7 @@ class Store:
                 (q.SQL_LOAD_ACCOUNTS, ()),
                 (q.SQL_LOAD_BUCKETS, (now,)),
                 (q.SQL_LOAD_SESSIONS, ()),
-                (q.SQL_LOAD_ANSWERS, (self.answer_horizon,)),
+                (q.SQL_LOAD_ANSWERS, (self.answer_horizon, self.answer_load_max, wanted)),
             ):
                 cur = conn.cursor()
                 await cur.execute(sql, (wanted, *extra))

@@ -385,6 +385,45 @@ def test_prune_answers_of_some_vshards_leaves_the_others(
     assert left == [(3,)]
 
 
+def test_load_reads_at_most_the_newest_answers_and_every_open_sessions_last(
+    store: Store, aio: asyncio.Runner, pg_dsn: str
+) -> None:
+    """A takeover after heavy traffic reads a bounded number of answers (the newest), and
+    still each open session's last answer however old: its retransmission stays recognised."""
+    epochs = aio.run(store.take_over([3], "owner-a"))
+    aio.run(store.commit(full_changes(3), epochs))  # sess-1 open, next request 2
+    last = Changes()
+    last.answers["cc:sess-1#1"] = (3, sample.answer("sess-1", 1))
+    aio.run(store.commit(last, epochs))
+    for n in range(6):  # newer answers of ended sessions, one commit (one commit time) each
+        ch = Changes()
+        ch.answers[f"cc:gone-{n}#0"] = (3, sample.answer(f"gone-{n}", 0))
+        aio.run(store.commit(ch, epochs))
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute(
+            "UPDATE answers SET committed_at = now() - interval '1 hour'"
+            " WHERE idempotency_key LIKE 'cc:sess-1#%'"
+        )
+    assert len(loaded(aio, store, [3]).answers) == 8  # no bound: the whole horizon
+    store.answer_load_max = 3
+    got = loaded(aio, store, [3])
+    assert set(got.answers) == {"cc:gone-3#0", "cc:gone-4#0", "cc:gone-5#0", "cc:sess-1#1"}
+    assert [k for _, k in got.answer_log] == [
+        "cc:sess-1#1",
+        "cc:gone-3#0",
+        "cc:gone-4#0",
+        "cc:gone-5#0",
+    ]
+    store.answer_load_max = 0
+    assert set(loaded(aio, store, [3]).answers) == {"cc:sess-1#1"}
+    assert loaded(aio, store, [4]).answers == {}  # another vshard's sessions read nothing
+
+
+def test_answer_load_max_must_not_be_negative(pg_dsn: str) -> None:
+    with pytest.raises(ValueError, match="answer_load_max"):
+        Store(pg_dsn, answer_load_max=-1)
+
+
 # -- audit -----------------------------------------------------------------------------------
 
 
