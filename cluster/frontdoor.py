@@ -1003,10 +1003,11 @@ class _GenericOnly:
     Why: grpc.aio (1.85) keeps one pending request per *registered* method, plus one for generic
     calls, and for every incoming call waits on all of them (an ``asyncio.wait`` of one task per
     method). The generated functions register every method; with Charging, Accounts, Tariffs,
-    health and reflection that is 15 tasks, and a CreditControl cost 409 Python calls in the
-    server against 292 for the echo server (3 registered methods) and 275 with generic handlers
-    only (benchmarks/README.md, session 9). Behaviour is unchanged: the same handlers answer the
-    same methods; a method is looked up in the generic handlers in the order they were added
+    health and reflection that is 15 tasks: the echo server registered that way makes 400 Python
+    calls per call, against 291 as generated (3 methods) and 267 with generic handlers only; the
+    front door went from 571 to 399 (benchmarks/bench_grpc_calls.py; about 5-10 µs per request,
+    benchmarks/README.md, session 9). Behaviour is unchanged: the same handlers answer the same
+    methods; a method is looked up in the generic handlers in the order they were added
     (Charging first).
     """
 
