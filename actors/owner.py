@@ -323,6 +323,7 @@ class ShardOwner:
             min_size=1,
             max_size=config.pool_max,
             answer_horizon=timedelta(seconds=config.answer_retention_s),
+            answer_load_max=config.answers_max,  # a takeover reads no more than a sweep keeps
             writers=config.commits_in_flight,
         )
         self._store_open = False
