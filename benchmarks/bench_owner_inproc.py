@@ -12,7 +12,7 @@ Phases (``--duration`` s each, ``--rounds`` times, interleaved): ``mixed`` (the 
 cluster/loadgen.py, batches of ``--batch``), ``sms`` (SMS events, batches of ``--batch``) and
 ``sms-big`` (SMS events, batches of ``--big-batch``). Prints owner CPU µs per request and per
 batch, medians over rounds. ``--profile PATH`` writes a cProfile (thread CPU clock) of the last
-round's mixed phase.
+round's ``--profile-phase`` (default mixed).
 
     .venv/bin/python benchmarks/bench_owner_inproc.py [--rounds 3] [--duration 5] [--batch 13]
 """
@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=13)
     parser.add_argument("--big-batch", type=int, default=200)
-    parser.add_argument("--profile", help="cProfile output of the last round's mixed phase")
+    parser.add_argument("--profile", help="cProfile output of the last round's --profile-phase")
     parser.add_argument("--profile-phase", default="mixed", help="the phase --profile covers")
     parser.add_argument("--dsn", help="an admin DSN of a running server (default: embedded)")
     args = parser.parse_args()
