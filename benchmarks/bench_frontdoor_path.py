@@ -29,55 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _measure(requests: int, concurrency: int) -> float:
     """CPU µs per request of CreditControl in this process (imports from sys.path[0])."""
-    from actors.messages import Answered, ChargeRequest, OwnerReply, OwnerRequest
-    from billing.protocol import CreditControlAnswer, ResultCode, ServiceGrant
+    from _fake_owner import FakeOwners
+
     from cluster.frontdoor import ChargingService, Dispatcher
     from cluster.loadgen import LoadConfig, Workload
-    from sharding.shardmap import balanced_map
-
-    shard_map = balanced_map(1024, ["o0", "o1"])
-
-    class Owners:
-        async def get_map(self) -> Any:
-            return shard_map
-
-        async def wait_for_version(self, newer_than: int, timeout_s: float) -> Any:
-            await asyncio.sleep(timeout_s)
-            return shard_map
-
-        def client(self, owner: str) -> Any:
-            return self
-
-        async def submit(self, batch: list[OwnerRequest]) -> list[OwnerReply]:
-            await asyncio.sleep(0)
-            replies: list[OwnerReply] = []
-            for request in batch:
-                assert isinstance(request, ChargeRequest)
-                cc = request.request
-                grants = tuple(
-                    ServiceGrant(
-                        rating_group=s.rating_group,
-                        service_identifier=s.service_identifier,
-                        result_code=ResultCode.SUCCESS,
-                        granted=s.requested,
-                        cost_micros=50_000,
-                        validity_time_s=600,
-                    )
-                    for s in cc.services
-                )
-                replies.append(
-                    Answered(
-                        CreditControlAnswer(
-                            session_id=cc.session_id,
-                            request_number=cc.request_number,
-                            result_code=ResultCode.SUCCESS,
-                            services=grants,
-                            cost_micros=50_000,
-                            balance_after_micros=1_000_000,
-                        )
-                    )
-                )
-            return replies
 
     class Context:
         def time_remaining(self) -> float:
@@ -87,8 +42,8 @@ def _measure(requests: int, concurrency: int) -> float:
             raise RuntimeError(f"{code}: {message}")
 
     async def run() -> float:
-        owners = Owners()
-        dispatcher = Dispatcher(owners, owners)  # type: ignore[arg-type]
+        owners = FakeOwners()
+        dispatcher = Dispatcher(owners, owners)
         await dispatcher.start()
         service = ChargingService(dispatcher)
         workload = Workload(LoadConfig(target="", subscribers=20_000))
@@ -103,7 +58,7 @@ def _measure(requests: int, concurrency: int) -> float:
 
         async def caller(part: list[Any]) -> None:
             for msg in part:
-                await service.CreditControl(msg, context)  # type: ignore[arg-type]
+                await service.CreditControl(msg, context)
 
         parts = [msgs[i::concurrency] for i in range(concurrency)]
         await asyncio.gather(caller(parts[0][:50]))  # warm up

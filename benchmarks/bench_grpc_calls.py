@@ -107,53 +107,11 @@ async def _echo_server(kind: str) -> Any:
 
 
 async def _frontdoor_server() -> Any:
-    from actors.messages import Answered, ChargeRequest, OwnerReply, OwnerRequest
-    from billing.protocol import CreditControlAnswer, ResultCode, ServiceGrant
+    from _fake_owner import FakeOwners
+
     from cluster.frontdoor import Dispatcher, FrontDoor
-    from sharding.shardmap import balanced_map
 
-    shard_map = balanced_map(1024, ["o0", "o1"])
-
-    class Owners:
-        async def get_map(self) -> Any:
-            return shard_map
-
-        async def wait_for_version(self, newer_than: int, timeout_s: float) -> Any:
-            await asyncio.sleep(timeout_s)
-            return shard_map
-
-        def client(self, owner: str) -> Any:
-            return self
-
-        async def submit(self, batch: list[OwnerRequest]) -> list[OwnerReply]:
-            await asyncio.sleep(0.001)
-            replies: list[OwnerReply] = []
-            for request in batch:
-                assert isinstance(request, ChargeRequest)
-                cc = request.request
-                grants = tuple(
-                    ServiceGrant(
-                        rating_group=s.rating_group,
-                        service_identifier=s.service_identifier,
-                        result_code=ResultCode.SUCCESS,
-                        granted=s.requested,
-                        cost_micros=50_000,
-                        validity_time_s=600,
-                    )
-                    for s in cc.services
-                )
-                answer = CreditControlAnswer(
-                    session_id=cc.session_id,
-                    request_number=cc.request_number,
-                    result_code=ResultCode.SUCCESS,
-                    services=grants,
-                    cost_micros=50_000,
-                    balance_after_micros=1_000_000,
-                )
-                replies.append(Answered(answer))
-            return replies
-
-    owners = Owners()
+    owners = FakeOwners(delay_s=0.001)
     door = FrontDoor(Dispatcher(owners, owners), None)  # type: ignore[arg-type]
     await door.start()
     return door, door.address

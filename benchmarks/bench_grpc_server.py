@@ -113,44 +113,17 @@ async def _ready_until_signalled() -> None:
     await stop.wait()
 
 
-def _owner_answer(request: Any) -> Any:
-    """An owner's Answered reply to a ChargeRequest: every service granted what it asked."""
-    from actors.messages import Answered
-    from billing.protocol import CreditControlAnswer, ResultCode, ServiceGrant
-
-    cc = request.request
-    grants = tuple(
-        ServiceGrant(
-            rating_group=s.rating_group,
-            service_identifier=s.service_identifier,
-            result_code=ResultCode.SUCCESS,
-            granted=s.requested,
-            cost_micros=50_000,
-            validity_time_s=600,
-        )
-        for s in cc.services
-    )
-    return Answered(
-        CreditControlAnswer(
-            session_id=cc.session_id,
-            request_number=cc.request_number,
-            result_code=ResultCode.SUCCESS,
-            services=grants,
-            cost_micros=50_000,
-            balance_after_micros=1_000_000,
-        )
-    )
-
-
 async def _serve_owner(port: int, delay_s: float) -> None:
     """A fake owner: a ChannelServer answering every batch after ``delay_s``."""
+    from _fake_owner import granted_answer
+
     from actors.channel import ChannelServer
 
     loop = asyncio.get_running_loop()
 
     def answer(future: asyncio.Future[list[Any]], requests: list[Any]) -> None:
         if not future.done():
-            future.set_result([_owner_answer(r) for r in requests])
+            future.set_result([granted_answer(r) for r in requests])
 
     def fast(requests: list[Any]) -> asyncio.Future[list[Any]]:
         future: asyncio.Future[list[Any]] = loop.create_future()
