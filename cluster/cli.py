@@ -30,6 +30,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cluster import telemetry
+from cluster.batching import HOLD_S_DEFAULT, HOLD_S_LIMIT
 from cluster.bootstrap import MAX_IN_FLIGHT_FRONTDOOR, OBJECT_STORE_MB_DEFAULT, StartupError
 from cluster.owners import TRANSPORT_DEFAULT, TRANSPORTS
 
@@ -532,6 +533,19 @@ def _cluster_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _hold_us(text: str) -> int:
+    """``--batch-hold-us``: whole µs within the batcher's bound, checked before anything starts
+    (a bad value would otherwise surface only once Ray and the owners are up)."""
+    limit = round(HOLD_S_LIMIT * 1e6)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= limit:
+        raise argparse.ArgumentTypeError(f"must be whole µs in 0..{limit}, got {text!r}")
+    return value
+
+
 def _door_options(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=port, help=f"gRPC port (default {port})")
@@ -552,10 +566,11 @@ def _door_options(parser: argparse.ArgumentParser, port: int) -> None:
     )
     parser.add_argument(
         "--batch-hold-us",
-        type=int,
+        type=_hold_us,
         default=None,
         help="how long an owner batch may wait to fill up when its owner is under sustained load"
-        " (3 or more requests already queued), in µs (default 3000; 0: off)",
+        f" (3 or more requests already queued), in µs (default {round(HOLD_S_DEFAULT * 1e6)};"
+        " 0: off)",
     )
 
 
