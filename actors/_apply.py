@@ -142,26 +142,27 @@ def _apply_charge(step: Step, item: ChargeRequest, vshard: int) -> OwnerReply:
     in one call (the same checks in the same order: the vshard held, the account held)."""
     if vshard not in step.epochs:
         return NotOwner(vshard, step.map_version)
-    request = item.request
-    state = step.state
-    subscriber = state.subscribers.get(request.subscriber_id)
+    elsewhere = _account_elsewhere(step, item.request.subscriber_id)
+    if elsewhere is not None:
+        return elsewhere
+    return Answered(handle(step.state, item.request, now=step.now, catalog=step.catalog))
+
+
+def _account_elsewhere(step: Step, subscriber_id: str) -> Unavailable | None:
+    """The refusal of a request routed here as local whose subscriber's account is held
+    elsewhere (the map moved meanwhile); None when it is held here (or the id is unknown)."""
+    subscriber = step.state.subscribers.get(subscriber_id)
     if subscriber is not None and subscriber.account_vshard not in step.epochs:
-        return Unavailable(f"account of {request.subscriber_id!r} is not held here; retry")
-    return Answered(handle(state, request, now=step.now, catalog=step.catalog))
-
-
-def _account_here(step: Step, subscriber: Subscriber) -> bool:
-    return subscriber.account_vshard in step.epochs
+        return Unavailable(f"account of {subscriber_id!r} is not held here; retry")
+    return None
 
 
 def _apply_request(step: Step, item: OwnerRequest, vshard: int) -> OwnerReply:
-    state = step.state
     if isinstance(item, ProvisionRequest):
         return _provision(step, item, vshard)
-    subscriber = state.subscribers.get(item.routing_key)
-    if subscriber is not None and not _account_here(step, subscriber):
-        # Routed here as local but the account is elsewhere (the map moved meanwhile).
-        return Unavailable(f"account of {item.routing_key!r} is not held here; retry")
+    elsewhere = _account_elsewhere(step, item.routing_key)
+    if elsewhere is not None:
+        return elsewhere
     return _apply_local(step, item)
 
 
