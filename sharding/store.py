@@ -333,8 +333,8 @@ class Store:
         self, vshards: Sequence[int], state: ShardState, *, now: datetime | None = None
     ) -> None:
         """Read the vshards' subscribers, accounts, buckets, open sessions (with reservations)
-        and recent answers and balance results (see ``answer_load_max``) into ``state`` (added to what it holds;
-        ``pending`` untouched). One REPEATABLE READ snapshot, so the parts agree.
+        and recent answers and balance results (see ``answer_load_max``) into ``state`` (added
+        to what it holds; ``pending`` untouched). One REPEATABLE READ snapshot, so the parts agree.
 
         ``now`` is the domain's time (default: the database's clock): buckets that expired by
         then and were swept empty (``billing.accounts.expire_buckets`` writes them zeroed, then

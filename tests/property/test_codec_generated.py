@@ -1,8 +1,8 @@
 """The generated dataclass encoders (sharding/_codec.py) write exactly what the field loop wrote.
 
 ``_dataclass_encoder`` generates one function per dataclass (one statement per field) instead of
-looping over a plan of (name, encoder, default, factory); :func:`sharding._codec.reference_encoder`
-is that loop. For every record the group commit encodes (answers with their grants, units and
+looping over a plan of (name, encoder, default, factory); :func:`reference_encoder` below is that
+loop. For every record the group commit encodes (answers with their grants, units and
 final-unit indications, balance results, reservations as sessions hold them, and dataclasses
 with defaults of every kind), both must give the same dict: same keys in the same order (the
 stored answer is this text, as sent), same values and types.
@@ -10,7 +10,10 @@ stored answer is this text, as sent), same values and types.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import operator
+import typing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from enum import Enum
@@ -29,7 +32,41 @@ from billing.protocol import (
     Units,
 )
 from billing.state import Reservation, Session
-from sharding._codec import encoder, reference_encoder
+from sharding._codec import _MISSING, Encode, _identity, encoder
+
+
+def _encode_fields(plan: list[tuple[str, Encode | None, Any, Any]], values: Any) -> dict[str, Any]:
+    """The field loop: ``plan`` is (field name, encoder or None for a plain value, default,
+    default factory) per field, in field order, and ``values`` the fields' values."""
+    out: dict[str, Any] = {}
+    for (name, enc, default, factory), v in zip(plan, values, strict=True):
+        if default is not _MISSING:
+            if v == default:
+                continue
+        elif factory is not _MISSING and not v and v == factory():
+            continue
+        out[name] = v if enc is None else enc(v)
+    return out
+
+
+def reference_encoder(cls: type) -> Encode:
+    """:func:`_encode_fields` over ``cls``'s fields: what the generated encoder must equal."""
+    hints = typing.get_type_hints(cls)
+    fields = dataclasses.fields(cls)
+    get_all = operator.attrgetter(*(f.name for f in fields)) if fields else None
+    plan: list[tuple[str, Encode | None, Any, Any]] = []
+    for f in fields:
+        enc = encoder(hints[f.name])
+        plan.append((f.name, None if enc is _identity else enc, f.default, f.default_factory))
+
+    def encode(v: Any) -> dict[str, Any]:
+        if get_all is None:
+            return {}
+        values = get_all(v)
+        return _encode_fields(plan, values if len(plan) > 1 else (values,))
+
+    return encode
+
 
 SETTINGS = settings(
     derandomize=True,
