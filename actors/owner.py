@@ -339,7 +339,7 @@ class ShardOwner:
         self._queue: deque[_Job] = deque()
         self._queued = 0
         self._flights: list[Flight] = []  # commits in flight, oldest first
-        self._busy: set[str] = set()  # keys of the commits in flight (actors/_flights.py)
+        self._busy: set[str] = set()  # keys of commits in flight; read via _busy_keys()
         self._failed: list[Flight] = []  # settled with an error: handled once all have settled
         self._wakeup = _Signal(loop)
         self._ready = asyncio.Event()
@@ -1269,7 +1269,7 @@ class ShardOwner:
             self._discard(changes, error.message, lost=error.lost_vshard)
             return error
         self._commits += 1
-        self._committed(changes, self._busy)
+        self._committed(changes, self._busy_keys())
         return None
 
     async def _sweep(self) -> None:
@@ -1284,7 +1284,9 @@ class ShardOwner:
         if await self._commit() is None and not self._needs_load and not self._reload_vshards:
             # Pack what no commit touched for warm_idle_s, and what was made hot otherwise
             # (read, refused, reservation released): every hot subscriber not warm.
-            self._directory.freeze(self._warm.idle(time.monotonic(), self._busy), keep=self._guests)
+            self._directory.freeze(
+                self._warm.idle(time.monotonic(), self._busy_keys()), keep=self._guests
+            )
             self._directory.freeze_all(keep=self._guests, also_keep=self._warm.keys())
         await self._prune_stored_answers(time.monotonic())
 
